@@ -1,0 +1,26 @@
+//! Shared pieces of m365-devo: everything two or more stages use.
+//!
+//! # Layout
+//! - [`config`]: the raw configuration file (Devo's own collector JSON plus our sections),
+//!   validation that reports every error with its key path, and secret sources.
+//! - [`cloud`]: Microsoft cloud presets (commercial, GCC, GCC High, DoD) and explicit hosts.
+//! - [`auth`]: the OAuth2 client-credentials token client (secret or certificate assertion).
+//! - [`api`]: the Management Activity API client (subscriptions, listing, blob download),
+//!   AF error codes, the per-tenant rate governor and clock-skew tracking.
+//! - [`envelope`]: the JSON messages on the Kafka topics (design.md §3).
+//! - [`kafka`]: client configuration, topic creation, producers and consumers.
+//! - [`health`]: status and gap records for `m365.health`.
+//! - [`tags`]: Devo tags for audit records.
+//! - [`decompress`]: the one size-capped gzip reader.
+//! - [`telemetry`]: logging set-up.
+
+pub mod api;
+pub mod auth;
+pub mod cloud;
+pub mod config;
+pub mod decompress;
+pub mod envelope;
+pub mod health;
+pub mod kafka;
+pub mod tags;
+pub mod telemetry;

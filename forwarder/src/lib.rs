@@ -1,0 +1,1 @@
+//! m365-forwarder.
