@@ -1,1 +1,13 @@
 //! m365-sim: a faithful fake Microsoft 365 tenant and a fake Devo.
+//!
+//! Layout:
+//! - [`tenant`] — fake Entra ID token endpoints + Office 365 Management Activity API, with
+//!   content generation, fault injection and ground truth ([`tenant::Simulator`]).
+//! - [`certs`]  — per-run test PKI (CA, server and client certificates).
+//! - [`devo`]   — fake Devo receiver.
+
+pub mod certs;
+pub mod devo;
+pub mod tenant;
+
+pub use tenant::{SimConfig, Simulator, TenantSpec};
