@@ -27,7 +27,11 @@ pub struct UriMessage {
     /// 0 on `m365.uris`; 1 and up on the retry topic.
     pub attempt: u32,
     /// Retry topic only: do not try again before this time.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_z_opt")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_z_opt"
+    )]
     pub not_before: Option<DateTime<Utc>>,
     /// Retry topic only: what went wrong last time (never contains secrets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +132,10 @@ mod tests {
             reason: None,
         };
         let json = serde_json::to_string(&m).unwrap();
-        assert!(json.contains("\"content_created\":\"2026-11-27T10:00:00.000Z\""), "{json}");
+        assert!(
+            json.contains("\"content_created\":\"2026-11-27T10:00:00.000Z\""),
+            "{json}"
+        );
         assert!(!json.contains("not_before"), "{json}");
         let back: UriMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);

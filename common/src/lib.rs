@@ -22,5 +22,7 @@ pub mod decompress;
 pub mod envelope;
 pub mod health;
 pub mod kafka;
+pub mod runtime;
 pub mod tags;
 pub mod telemetry;
+pub mod testkit;

@@ -20,11 +20,17 @@ mod tests {
     // Workloads map to the lower-cased fourth tag level Devo's tables use.
     #[test]
     fn workload_tags_are_lower_case() {
-        assert_eq!(tag_for_workload("Exchange"), "cloud.office365.management.exchange");
+        assert_eq!(
+            tag_for_workload("Exchange"),
+            "cloud.office365.management.exchange"
+        );
         assert_eq!(
             tag_for_workload("AzureActiveDirectory"),
             "cloud.office365.management.azureactivedirectory"
         );
-        assert_eq!(tag_for_workload("MicrosoftTeams"), "cloud.office365.management.microsoftteams");
+        assert_eq!(
+            tag_for_workload("MicrosoftTeams"),
+            "cloud.office365.management.microsoftteams"
+        );
     }
 }
