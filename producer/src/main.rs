@@ -1,1 +1,100 @@
-fn main() {}
+//! `m365-producer`: manages subscriptions and lists content into `m365.uris`.
+//!
+//! Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 runtime failure, 2 invalid configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use m365_common::{config, runtime, telemetry};
+use m365_producer::internal_events::ProducerStats;
+use m365_producer::{ProducerSettings, run::tenants_from_runtime};
+use tokio_util::sync::CancellationToken;
+
+/// Lists Microsoft 365 audit content into Kafka (topic `<prefix>.uris`).
+#[derive(Parser, Debug)]
+#[command(name = "m365-producer", version, about, long_about = None)]
+struct Args {
+    /// Configuration file (JSON or YAML; Devo's collector JSON is accepted as it is).
+    #[arg(short, long, env = "M365_CONFIG")]
+    config: PathBuf,
+    /// Names this instance (part of its Kafka transactional id). Two instances with the same
+    /// id fence each other.
+    #[arg(long, env = "M365_PRODUCER_INSTANCE", default_value = "0")]
+    instance_id: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(&cfg.logging.level, cfg.logging.json);
+    let Some(bootstrap) = cfg.kafka.bootstrap_servers.clone() else {
+        eprintln!(
+            "kafka.bootstrap_servers: expected the Kafka brokers for m365-producer, e.g. \"kafka-1:9092,kafka-2:9092\" (m365-devo runs an embedded broker when none is given; the separate binaries need a real one)"
+        );
+        return ExitCode::from(2);
+    };
+    let tenants = match runtime::build_tenants(&cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let kafka = runtime::kafka_settings(&cfg.kafka, &bootstrap);
+    let mut settings = ProducerSettings::from_config(&cfg);
+    settings.instance_id = args.instance_id;
+
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        tokio::spawn(shutdown_on_signal(cancel.clone()));
+        let stats = std::sync::Arc::new(ProducerStats::default());
+        match m365_producer::run(
+            settings,
+            kafka,
+            tenants_from_runtime(&tenants),
+            stats,
+            cancel,
+        )
+        .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "The producer stopped on an error.");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// Cancels on SIGTERM or SIGINT.
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the producer cleanly.");
+            let _ = tokio::signal::ctrl_c().await;
+            cancel.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("Shutdown requested; finishing the commit in flight.");
+    cancel.cancel();
+}
