@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what a fresh machine lacks, starts a real
+# Kafka-protocol broker (tansu, memory storage) on 127.0.0.1, and runs every test of the
+# workspace against it and against the embedded broker.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh -p m365-producer   # extra arguments go to `cargo nextest run`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+# 1. System packages: OpenSSL headers for rdkafka's `ssl` feature; kcat to inspect topics.
+missing=()
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 2. Tools: cargo-nextest, and tansu (a real Kafka-protocol broker; ~17 min to build cold,
+#    then cached in ~/.cargo/bin).
+command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+TANSU="${TANSU:-$(command -v tansu || true)}"
+if [ -z "$TANSU" ]; then
+  log "building tansu (first time only)"
+  cargo install tansu --locked --features dynostore,libsql
+  TANSU="$(command -v tansu)"
+fi
+
+# 3. Start tansu on a free loopback port; stop it on exit.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+tansu_log=$(mktemp -t tansu.XXXXXX.log)
+"$TANSU" broker \
+  --storage-engine memory://tansu/ \
+  --listener-url "tcp://127.0.0.1:${port}" \
+  --advertised-listener-url "tcp://127.0.0.1:${port}" >"$tansu_log" 2>&1 &
+tansu_pid=$!
+trap 'kill $tansu_pid 2>/dev/null || true; wait $tansu_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then break; fi
+  if ! kill -0 "$tansu_pid" 2>/dev/null; then log "tansu failed to start:"; cat "$tansu_log" >&2; exit 1; fi
+  sleep 0.1
+done
+export M365_TEST_KAFKA="127.0.0.1:${port}"
+log "tansu listening on ${M365_TEST_KAFKA} (log: ${tansu_log})"
+
+# 4. The tests. The real-broker tests read M365_TEST_KAFKA; CI sets CI=true, which makes them
+#    fail (rather than skip) when it is missing.
+cargo nextest run --workspace --no-fail-fast "$@"
