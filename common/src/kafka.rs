@@ -174,6 +174,9 @@ pub struct Topics {
     pub events: String,
     pub state: String,
     pub health: String,
+    /// Where the transaction probe writes (one partition nobody reads): on a broker that
+    /// accepts a transaction but cannot end it, only this topic is left with it open.
+    pub txn_probe: String,
 }
 
 impl Topics {
@@ -185,11 +188,12 @@ impl Topics {
             events: format!("{prefix}.events"),
             state: format!("{prefix}.state"),
             health: format!("{prefix}.health"),
+            txn_probe: format!("{prefix}.txn-probe"),
         }
     }
 
     /// Every topic with whether it is compacted.
-    pub fn all(&self) -> [(&str, bool); 6] {
+    pub fn all(&self) -> [(&str, bool); 7] {
         [
             (&self.uris, false),
             (&self.retry, false),
@@ -197,6 +201,7 @@ impl Topics {
             (&self.events, false),
             (&self.state, true),
             (&self.health, false),
+            (&self.txn_probe, false),
         ]
     }
 }
@@ -211,19 +216,20 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaGlueErro
         }
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> =
-        settings
-            .client_config()
-            .create()
-            .map_err(|source| KafkaGlueError::Client {
-                what: "admin",
-                source,
-            })?;
     let topics = settings.topics();
+    let missing = missing_topics(settings, &topics).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = settings
+        .client_config()
+        .create()
+        .map_err(|source| KafkaGlueError::Client { what: "admin", source })?;
     let retention_ms = (8 * 24 * 3600 * 1000_i64).to_string();
     let new: Vec<NewTopic<'_>> = topics
         .all()
         .iter()
+        .filter(|(name, _)| missing.iter().any(|m| m == name))
         .map(|(name, compacted)| {
             let t = NewTopic::new(
                 name,
@@ -300,6 +306,50 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaGlueErro
     .await
     .map_err(|e| KafkaGlueError::Join(e.to_string()))?
 }
+
+/// The topics of `topics` the broker does not have yet (so that a deployment whose Kafka
+/// user may not create topics runs once they exist).
+async fn missing_topics(settings: &KafkaSettings, topics: &Topics) -> Result<Vec<String>, KafkaGlueError> {
+    let probe: BaseConsumer<QuietContext> = settings
+        .client_config()
+        .create_with_context(QuietContext)
+        .map_err(|source| KafkaGlueError::Client { what: "metadata", source })?;
+    let wanted: Vec<String> = topics.all().iter().map(|(n, _)| n.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let md = probe
+            .fetch_metadata(None, KAFKA_CALL_TIMEOUT)
+            .map_err(|source| KafkaGlueError::Metadata { topic: "(all)".into(), source })?;
+        Ok(wanted
+            .into_iter()
+            .filter(|w| {
+                !md.topics()
+                    .iter()
+                    .any(|t| t.name() == w && t.error().is_none() && !t.partitions().is_empty())
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| KafkaGlueError::Join(e.to_string()))?
+}
+
+/// A client context that logs like the default one but keeps quiet about end-of-partition
+/// events, which the scanner asks for on purpose.
+#[derive(Clone, Copy, Default)]
+pub struct QuietContext;
+
+impl rdkafka::ClientContext for QuietContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            return;
+        }
+        tracing::error!(error = %error, reason, "librdkafka reported an error.");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
 /// Partition count of `topic`.
 pub fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, KafkaGlueError> {
@@ -548,8 +598,11 @@ impl Committer {
         probe: OutRecord,
     ) -> Result<Self, KafkaGlueError> {
         let mut cfg = settings.producer_config();
+        // A crashed instance's open transaction holds back read_committed readers until the
+        // next instance fences it or this timeout passes; messages must time out before it.
         cfg.set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", "60000");
+            .set("transaction.timeout.ms", "60000")
+            .set("message.timeout.ms", "55000");
         let producer: FutureProducer = cfg.create().map_err(|source| KafkaGlueError::Client {
             what: "transactional producer",
             source,
@@ -566,6 +619,10 @@ impl Committer {
             producer,
             transactional: true,
         };
+        // First a throwaway transaction on the probe topic: a broker that takes the records but
+        // cannot end the transaction fails here without holding back a topic anyone reads.
+        let marker = OutRecord::new(&settings.topics().txn_probe, transactional_id, b"probe".to_vec());
+        c.commit(vec![vec![marker]]).await?;
         c.commit(vec![vec![probe]]).await?;
         Ok(c)
     }
@@ -710,10 +767,9 @@ pub async fn scan_topic(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = cfg.create().map_err(|source| KafkaGlueError::Client {
-        what: "scanner",
-        source,
-    })?;
+    let consumer: BaseConsumer<QuietContext> = cfg
+        .create_with_context(QuietContext)
+        .map_err(|source| KafkaGlueError::Client { what: "scanner", source })?;
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
         let md = consumer

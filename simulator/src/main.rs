@@ -1,12 +1,16 @@
 //! `m365-sim`: run the fake Microsoft 365 tenant from the command line (demo, scripts,
-//! benchmarks). Prints one JSON "ready" line on stdout (base URL, port, token URLs, cert
-//! paths) once it serves, then runs until Ctrl-C.
+//! benchmarks), optionally with a fake Devo next to it (`--devo`). Prints one JSON "ready"
+//! line on stdout (base URL, port, token URLs, cert paths, and under `"devo"` the fake Devo's
+//! addresses, output directory and certificate paths) once it serves, then runs until
+//! SIGINT (Ctrl-C) or SIGTERM, shuts down cleanly (flushing `--devo-out` files) and prints a
+//! JSON "stopped" line.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser};
+use m365_sim::devo::{FakeDevo, FakeDevoConfig};
 use m365_sim::tenant::{
     AppSpec, FaultSpec, Intrusion, RecordFileSpec, SimConfig, Simulator, TEST_CLIENT_ID,
     TEST_CLIENT_SECRET, TenantSpec, ThrottleSpec,
@@ -111,19 +115,222 @@ struct Cli {
     devo: DevoArgs,
 }
 
-/// Fake-Devo options.
-// TODO(lead): fake-Devo flags go here (listener address, TLS, output dir, ...); this crate's
-// tenant part does not implement Devo. See `start_devo` below.
+/// Fake-Devo options (all but `--devo` require `--devo`).
 #[derive(Args, Debug, Default)]
-struct DevoArgs {}
+struct DevoArgs {
+    /// Also run a fake Devo on the `--bind` address: mutual-TLS syslog, plain TCP syslog and
+    /// the HTTP ingestion API.
+    #[arg(long = "devo")]
+    devo: bool,
+    /// Port of the mutual-TLS syslog listener (0 = any free port).
+    #[arg(
+        long = "devo-tls-port",
+        id = "devo_tls_port",
+        default_value_t = 0,
+        requires = "devo"
+    )]
+    tls_port: u16,
+    /// Port of the plain TCP syslog listener (0 = any free port).
+    #[arg(
+        long = "devo-tcp-port",
+        id = "devo_tcp_port",
+        default_value_t = 0,
+        requires = "devo"
+    )]
+    tcp_port: u16,
+    /// Do not open the plain TCP syslog listener.
+    #[arg(
+        long = "devo-no-tcp",
+        id = "devo_no_tcp",
+        requires = "devo",
+        conflicts_with = "devo_tcp_port"
+    )]
+    no_tcp: bool,
+    /// Port of the HTTP ingestion listener (0 = any free port).
+    #[arg(
+        long = "devo-http-port",
+        id = "devo_http_port",
+        default_value_t = 0,
+        requires = "devo"
+    )]
+    http_port: u16,
+    /// Do not open the HTTP ingestion listener.
+    #[arg(
+        long = "devo-no-http",
+        id = "devo_no_http",
+        requires = "devo",
+        conflicts_with = "devo_http_port"
+    )]
+    no_http: bool,
+    /// Token the HTTP ingestion API expects in its `token!<token>` path segment
+    /// (default: the fake's built-in test token).
+    #[arg(
+        long = "devo-http-token",
+        id = "devo_http_token",
+        env = "M365_SIM_DEVO_HTTP_TOKEN"
+    )]
+    http_token: Option<String>,
+    /// Accept TLS syslog clients that present no client certificate (Devo requires one).
+    #[arg(
+        long = "devo-no-client-auth",
+        id = "devo_no_client_auth",
+        requires = "devo"
+    )]
+    no_client_auth: bool,
+    /// Append every received event to `DIR/<tag>.log`.
+    #[arg(
+        long = "devo-out",
+        id = "devo_out",
+        value_name = "DIR",
+        requires = "devo"
+    )]
+    out_dir: Option<PathBuf>,
+    /// Write the fake Devo's ca.pem, server.pem/.key and client.pem/.key here, for a
+    /// forwarder's TLS output (default with `--cert-dir`: `<cert-dir>/devo`).
+    #[arg(
+        long = "devo-cert-dir",
+        id = "devo_cert_dir",
+        value_name = "DIR",
+        requires = "devo"
+    )]
+    cert_dir: Option<PathBuf>,
+}
 
-/// Start the fake Devo next to the tenant and add its facts to the ready line.
-// TODO(lead): implement with `m365_sim::devo` once its API is settled.
+impl DevoArgs {
+    /// The fake-Devo configuration these flags describe.
+    fn fake_devo_config(&self, bind: IpAddr) -> anyhow::Result<FakeDevoConfig> {
+        let defaults = FakeDevoConfig::default();
+        let http_token = match &self.http_token {
+            Some(token) => {
+                let usable = !token.is_empty()
+                    && token
+                        .chars()
+                        .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | '?' | '#' | '%'));
+                if !usable {
+                    anyhow::bail!(
+                        "--devo-http-token must be non-empty printable ASCII without '/', '?', '#' or '%' (it is a URL path segment)"
+                    );
+                }
+                token.clone()
+            }
+            None => defaults.http_token.clone(),
+        };
+        Ok(FakeDevoConfig {
+            bind,
+            tls_port: self.tls_port,
+            tcp_port: (!self.no_tcp).then_some(self.tcp_port),
+            http_port: (!self.no_http).then_some(self.http_port),
+            http_token,
+            pki: None,
+            require_client_cert: !self.no_client_auth,
+            out_dir: self.out_dir.clone(),
+            // A long-running fake only needs the files and the counters; keeping every line
+            // and raw byte in memory would grow without bound.
+            keep_lines: false,
+            keep_raw: false,
+            ..defaults
+        })
+    }
+}
+
+/// Where the fake Devo's certificates go: `--devo-cert-dir`, else `<cert-dir>/devo`.
+fn devo_cert_dir(
+    args: &DevoArgs,
+    tenant_cert_dir: Option<&Path>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let dir = match (&args.cert_dir, tenant_cert_dir) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(t)) => Some(t.join("devo")),
+        (None, None) => None,
+    };
+    if let (Some(d), Some(t)) = (&dir, tenant_cert_dir)
+        && d == t
+    {
+        anyhow::bail!(
+            "--devo-cert-dir must differ from --cert-dir: both write ca.pem, server.pem, client.pem, ..."
+        );
+    }
+    Ok(dir)
+}
+
+/// Starts the fake Devo next to the tenant (when `--devo` is given) and adds its addresses,
+/// output directory and certificate paths to the ready line under `"devo"`.
 async fn start_devo(
-    _args: &DevoArgs,
-    _ready: &mut serde_json::Map<String, serde_json::Value>,
-) -> anyhow::Result<()> {
-    Ok(())
+    args: &DevoArgs,
+    bind: IpAddr,
+    tenant_cert_dir: Option<&Path>,
+    ready: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<Option<FakeDevo>> {
+    if !args.devo {
+        return Ok(None);
+    }
+    let cert_dir = devo_cert_dir(args, tenant_cert_dir)?;
+    let devo = FakeDevo::start(args.fake_devo_config(bind)?)
+        .await
+        .context("starting the fake Devo")?;
+    let mut facts = serde_json::Map::new();
+    facts.insert("tls_addr".into(), devo.tls_addr().to_string().into());
+    facts.insert("tls_port".into(), devo.tls_addr().port().into());
+    facts.insert("client_cert_required".into(), (!args.no_client_auth).into());
+    facts.insert(
+        "tcp_addr".into(),
+        devo.tcp_addr().map(|a| a.to_string()).into(),
+    );
+    facts.insert("tcp_port".into(), devo.tcp_addr().map(|a| a.port()).into());
+    facts.insert("http_url".into(), devo.http_base_url().into());
+    facts.insert(
+        "http_port".into(),
+        devo.http_addr().map(|a| a.port()).into(),
+    );
+    facts.insert(
+        "out_dir".into(),
+        devo.out_dir().map(|d| d.display().to_string()).into(),
+    );
+    if let Some(dir) = cert_dir {
+        let paths = devo
+            .pki()
+            .write_to(&dir)
+            .with_context(|| format!("writing the fake Devo certificates to {}", dir.display()))?;
+        for (key, path) in [
+            ("cert_dir", &paths.dir),
+            ("ca_pem", &paths.ca),
+            ("server_cert", &paths.server_cert),
+            ("server_key", &paths.server_key),
+            ("client_cert", &paths.client_cert),
+            ("client_key", &paths.client_key),
+        ] {
+            facts.insert(key.into(), path.display().to_string().into());
+        }
+    }
+    ready.insert("devo".into(), facts.into());
+    Ok(Some(devo))
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM and names the signal. The handlers are installed
+/// when this is called, so call it before announcing readiness.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        }
+    })
+}
+
+/// Waits for Ctrl-C (non-Unix platforms have no SIGTERM).
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    Ok(async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "Cannot wait for Ctrl-C; stopping.");
+        }
+        "Ctrl-C"
+    })
 }
 
 fn config(cli: &Cli) -> anyhow::Result<SimConfig> {
@@ -225,11 +432,90 @@ async fn main() -> anyhow::Result<()> {
             paths.client_key.display().to_string().into(),
         );
     }
-    start_devo(&cli.devo, &mut ready).await?;
+    let devo = start_devo(&cli.devo, cli.bind, cli.cert_dir.as_deref(), &mut ready).await?;
+    let stop = shutdown_signal()?;
     println!("{}", serde_json::Value::Object(ready));
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let signal = stop.await;
+    tracing::info!(signal, "Stopping.");
+    let mut stopped = serde_json::Map::new();
+    stopped.insert("event".into(), "stopped".into());
+    stopped.insert("signal".into(), signal.into());
+    if let Some(devo) = devo {
+        // `shutdown` consumes the fake (and flushes the out-dir files): count first.
+        let stats = devo.stats();
+        devo.shutdown().await;
+        stopped.insert("devo_lines_received".into(), stats.lines_received.into());
+        stopped.insert(
+            "devo_handshake_failures".into(),
+            stats.handshake_failures.into(),
+        );
+    }
     sim.shutdown().await;
+    println!("{}", serde_json::Value::Object(stopped));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    // Proves the flag definitions are consistent (unique ids, valid requires/conflicts).
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    // Proves the Devo flags map onto the fake's configuration and need `--devo`.
+    #[test]
+    fn devo_flags_map_to_config() {
+        let cli = Cli::try_parse_from([
+            "m365-sim",
+            "--devo",
+            "--devo-tls-port",
+            "6514",
+            "--devo-no-tcp",
+            "--devo-http-token",
+            "abc123",
+            "--devo-out",
+            "/tmp/devo-out",
+        ])
+        .expect("valid flags");
+        let cfg = cli
+            .devo
+            .fake_devo_config(IpAddr::from([127, 0, 0, 1]))
+            .expect("config");
+        assert_eq!(cfg.tls_port, 6514);
+        assert_eq!(cfg.tcp_port, None);
+        assert_eq!(cfg.http_port, Some(0));
+        assert_eq!(cfg.http_token, "abc123");
+        assert!(cfg.require_client_cert);
+        assert_eq!(cfg.out_dir, Some(PathBuf::from("/tmp/devo-out")));
+        assert!(Cli::try_parse_from(["m365-sim", "--devo-out", "/tmp/x"]).is_err());
+        let bad = Cli::try_parse_from(["m365-sim", "--devo", "--devo-http-token", "a/b"])
+            .expect("parses");
+        assert!(
+            bad.devo
+                .fake_devo_config(IpAddr::from([127, 0, 0, 1]))
+                .is_err()
+        );
+    }
+
+    // Proves the Devo certificates default under `--cert-dir` and may not overwrite it.
+    #[test]
+    fn devo_cert_dir_defaults_and_clash() {
+        let args = DevoArgs::default();
+        let tenant = Path::new("/tmp/certs");
+        assert_eq!(
+            devo_cert_dir(&args, Some(tenant)).expect("ok"),
+            Some(tenant.join("devo"))
+        );
+        assert_eq!(devo_cert_dir(&args, None).expect("ok"), None);
+        let clash = DevoArgs {
+            cert_dir: Some(tenant.to_path_buf()),
+            ..DevoArgs::default()
+        };
+        assert!(devo_cert_dir(&clash, Some(tenant)).is_err());
+    }
 }

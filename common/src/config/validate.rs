@@ -1500,7 +1500,7 @@ impl Checker<'_> {
                 "producer.sweep_interval_secs",
                 p.sweep_interval_secs,
                 3600,
-                60,
+                1,
                 604_800,
                 "3600",
             ) as u64,
