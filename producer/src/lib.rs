@@ -1,12 +1,12 @@
 //! m365-producer: manages subscriptions and lists content into `m365.uris` (design.md §4).
 //!
 //! # Layout
-//! - [`settings`]: polling periods, horizons, instance identity.
-//! - [`state`]: cursors and the content-id ledger in the compacted `m365.state` topic.
-//! - [`stream`]: one stream's window listing, late-content sweep and commit.
-//! - [`run`]: start-up (topics, transactions probe, state recovery, subscriptions), one task
+//! - [`settings`] — polling periods, horizons, instance identity.
+//! - [`state`] — cursors and the content-id ledger in the compacted `m365.state` topic.
+//! - [`stream`] — one stream's window listing, late-content sweep and commit.
+//! - [`run`] — start-up (topics, transactions probe, state recovery, subscriptions), one task
 //!   per stream, heartbeats and clean shutdown.
-//! - [`internal_events`]: counters.
+//! - [`internal_events`] — counters.
 
 pub mod internal_events;
 pub mod run;

@@ -118,8 +118,7 @@ pub async fn read_uris(kafka: &KafkaSettings) -> Vec<UriMessage> {
     })
     .await
     .expect("m365.uris can be read");
-    let v = out.lock().unwrap().clone();
-    v
+    out.lock().unwrap().clone()
 }
 
 /// Every health record on the topic.
@@ -138,8 +137,7 @@ pub async fn read_health(kafka: &KafkaSettings) -> Vec<HealthRecord> {
     )
     .await
     .expect("m365.health can be read");
-    let v = out.lock().unwrap().clone();
-    v
+    out.lock().unwrap().clone()
 }
 
 /// Content ids emitted per stream key, with how often each was emitted.
