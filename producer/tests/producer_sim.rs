@@ -220,3 +220,63 @@ async fn restart_resumes_embedded_broker() {
 async fn restart_resumes_real_broker() {
     restart_resumes(BrokerKind::Real, "restart-real").await;
 }
+
+/// An administrator disables a subscription while the producer runs: the producer sees
+/// AF20023, starts the subscription again, and content published after that still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_subscription_is_restarted() {
+    let Some(broker) = TestBroker::start(BrokerKind::Embedded, "disabled") else { return };
+    let tenant = TENANTS[0];
+    let mut cfg = base_sim_config(&[tenant]);
+    cfg.history_hours = 2.0;
+    let sim = Simulator::start(cfg).await.expect("simulator starts");
+    let producer = RunningProducer::spawn(fast_settings(), broker.settings.clone(), tenants_for(&sim, &[tenant], None));
+    let cutoff = sim.now() - chrono::Duration::seconds(2);
+    let _ = wait_for_all(&sim, &broker.settings, cutoff, Duration::from_secs(60)).await;
+    let started_before = producer.stats.subscriptions_started.get();
+
+    sim.disable_subscription(tenant, m365_sim::tenant::config::ContentType::Exchange).expect("disable");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while producer.stats.subscriptions_started.get() == started_before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(producer.stats.subscriptions_started.get() > started_before, "the producer restarted the subscription");
+    // Content published after the restart is listed and emitted.
+    let late = sim
+        .publish_generated(tenant, m365_sim::tenant::config::ContentType::Exchange, 3)
+        .expect("publish");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cutoff = sim.now() - chrono::Duration::seconds(1);
+    let uris = wait_for_all(&sim, &broker.settings, cutoff, Duration::from_secs(30)).await;
+    producer.stop().await;
+    assert!(uris.iter().any(|u| u.content_id == late), "content after the restart arrives");
+    assert_exact(&sim, &uris, cutoff);
+    sim.shutdown().await;
+}
+
+/// A tenant whose unified audit logging is off answers AF20011 to everything: the producer
+/// says so on m365.health, precisely, and keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditing_disabled_is_reported() {
+    let Some(broker) = TestBroker::start(BrokerKind::Embedded, "auditoff") else { return };
+    let tenant = TENANTS[0];
+    let mut cfg = base_sim_config(&[tenant]);
+    cfg.tenants[0].audit_enabled = false;
+    let sim = Simulator::start(cfg).await.expect("simulator starts");
+    let producer = RunningProducer::spawn(fast_settings(), broker.settings.clone(), tenants_for(&sim, &[tenant], None));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut found = None;
+    while found.is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        found = read_health(&broker.settings)
+            .await
+            .into_iter()
+            .find(|h| h.kind == Kind::Error && h.msg.contains("AF20011"));
+    }
+    producer.stop().await;
+    let rec = found.expect("an error record about AF20011 on m365.health");
+    assert!(rec.msg.contains("audit logging"), "{}", rec.msg);
+    assert_eq!(rec.input_name, tenant);
+    assert!(read_uris(&broker.settings).await.is_empty());
+    sim.shutdown().await;
+}
