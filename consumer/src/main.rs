@@ -1,1 +1,123 @@
-fn main() {}
+//! `m365-consumer`: downloads the blobs listed on `m365.uris` into `m365.events`, and runs the
+//! uri_retry service when the configuration enables it.
+//!
+//! Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 runtime failure, 2 invalid configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use m365_common::{config, runtime, telemetry};
+use m365_consumer::ConsumerSettings;
+use m365_consumer::internal_events::ConsumerStats;
+use m365_consumer::settings::tenants_from_runtime;
+use tokio_util::sync::CancellationToken;
+
+/// Downloads Microsoft 365 audit blobs into Kafka (topic `<prefix>.events`).
+#[derive(Parser, Debug)]
+#[command(name = "m365-consumer", version, about, long_about = None)]
+struct Args {
+    /// Configuration file (JSON or YAML; Devo's collector JSON is accepted as it is).
+    #[arg(short, long, env = "M365_CONFIG")]
+    config: PathBuf,
+    /// Names this instance (part of its Kafka transactional ids). Keep it stable across
+    /// restarts and unique among running instances.
+    #[arg(long, env = "M365_CONSUMER_INSTANCE", default_value = "0")]
+    instance_id: String,
+    /// Group session timeout in milliseconds: how soon the partitions of a member that
+    /// vanished move to the others.
+    #[arg(
+        long,
+        env = "M365_CONSUMER_SESSION_TIMEOUT_MS",
+        default_value_t = 45_000
+    )]
+    session_timeout_ms: u64,
+    /// Run only the uri_retry service (no downloads from `<prefix>.uris`).
+    #[arg(long, conflicts_with = "no_uri_retry")]
+    uri_retry_only: bool,
+    /// Do not run the uri_retry service even if the configuration enables it.
+    #[arg(long)]
+    no_uri_retry: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(&cfg.logging.level, cfg.logging.json);
+    let Some(bootstrap) = cfg.kafka.bootstrap_servers.clone() else {
+        eprintln!(
+            "kafka.bootstrap_servers: expected the Kafka brokers for m365-consumer, e.g. \"kafka-1:9092,kafka-2:9092\" (m365-devo runs an embedded broker when none is given; the separate binaries need a real one)"
+        );
+        return ExitCode::from(2);
+    };
+    let tenants = match runtime::build_tenants(&cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let kafka = runtime::kafka_settings(&cfg.kafka, &bootstrap);
+    let mut settings = ConsumerSettings::from_config(&cfg);
+    settings.instance_id = args.instance_id;
+    settings.session_timeout = std::time::Duration::from_millis(args.session_timeout_ms);
+    if args.uri_retry_only {
+        settings.run_consumer = false;
+        if !settings.run_uri_retry {
+            eprintln!(
+                "uri_retry: --uri-retry-only needs the uri_retry service enabled in the configuration, e.g. \"services\": {{\"uri_retry\": {{}}}}"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    if args.no_uri_retry {
+        settings.run_uri_retry = false;
+    }
+    let tenants = tenants_from_runtime(&cfg, &tenants);
+
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        tokio::spawn(shutdown_on_signal(cancel.clone()));
+        let stats = Arc::new(ConsumerStats::default());
+        match m365_consumer::run(settings, kafka, tenants, stats, cancel).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "The consumer stopped on an error.");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// Cancels on SIGTERM or SIGINT.
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the consumer cleanly.");
+            let _ = tokio::signal::ctrl_c().await;
+            cancel.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("Shutdown requested; finishing the blob in flight.");
+    cancel.cancel();
+}

@@ -15,9 +15,13 @@ use support::*;
 /// 3 tenants × 5 content types × 48 h of history with late blobs and records repeated across
 /// blobs, plus live content while it runs: the URIs equal the truth exactly.
 async fn exact_listing(kind: BrokerKind, name: &str) {
-    let Some(broker) = TestBroker::start(kind, name) else {
+    let Some(mut broker) = TestBroker::start(kind, name) else {
         return;
     };
+    if kind == BrokerKind::Embedded {
+        // The embedded broker runs the transactional path (no crash in this test).
+        broker.settings.transactions = m365_common::kafka::TransactionMode::Auto;
+    }
     let mut cfg = base_sim_config(&TENANTS);
     cfg.expected_publisher_id = None;
     cfg.faults.late_blob_fraction = 0.2;
@@ -225,22 +229,34 @@ async fn restart_resumes_real_broker() {
 /// AF20023, starts the subscription again, and content published after that still arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_subscription_is_restarted() {
-    let Some(broker) = TestBroker::start(BrokerKind::Embedded, "disabled") else { return };
+    let Some(broker) = TestBroker::start(BrokerKind::Embedded, "disabled") else {
+        return;
+    };
     let tenant = TENANTS[0];
     let mut cfg = base_sim_config(&[tenant]);
     cfg.history_hours = 2.0;
     let sim = Simulator::start(cfg).await.expect("simulator starts");
-    let producer = RunningProducer::spawn(fast_settings(), broker.settings.clone(), tenants_for(&sim, &[tenant], None));
+    let producer = RunningProducer::spawn(
+        fast_settings(),
+        broker.settings.clone(),
+        tenants_for(&sim, &[tenant], None),
+    );
     let cutoff = sim.now() - chrono::Duration::seconds(2);
     let _ = wait_for_all(&sim, &broker.settings, cutoff, Duration::from_secs(60)).await;
     let started_before = producer.stats.subscriptions_started.get();
 
-    sim.disable_subscription(tenant, m365_sim::tenant::config::ContentType::Exchange).expect("disable");
+    sim.disable_subscription(tenant, m365_sim::tenant::config::ContentType::Exchange)
+        .expect("disable");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while producer.stats.subscriptions_started.get() == started_before && tokio::time::Instant::now() < deadline {
+    while producer.stats.subscriptions_started.get() == started_before
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(producer.stats.subscriptions_started.get() > started_before, "the producer restarted the subscription");
+    assert!(
+        producer.stats.subscriptions_started.get() > started_before,
+        "the producer restarted the subscription"
+    );
     // Content published after the restart is listed and emitted.
     let late = sim
         .publish_generated(tenant, m365_sim::tenant::config::ContentType::Exchange, 3)
@@ -249,7 +265,10 @@ async fn disabled_subscription_is_restarted() {
     let cutoff = sim.now() - chrono::Duration::seconds(1);
     let uris = wait_for_all(&sim, &broker.settings, cutoff, Duration::from_secs(30)).await;
     producer.stop().await;
-    assert!(uris.iter().any(|u| u.content_id == late), "content after the restart arrives");
+    assert!(
+        uris.iter().any(|u| u.content_id == late),
+        "content after the restart arrives"
+    );
     assert_exact(&sim, &uris, cutoff);
     sim.shutdown().await;
 }
@@ -258,12 +277,18 @@ async fn disabled_subscription_is_restarted() {
 /// says so on m365.health, precisely, and keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auditing_disabled_is_reported() {
-    let Some(broker) = TestBroker::start(BrokerKind::Embedded, "auditoff") else { return };
+    let Some(broker) = TestBroker::start(BrokerKind::Embedded, "auditoff") else {
+        return;
+    };
     let tenant = TENANTS[0];
     let mut cfg = base_sim_config(&[tenant]);
     cfg.tenants[0].audit_enabled = false;
     let sim = Simulator::start(cfg).await.expect("simulator starts");
-    let producer = RunningProducer::spawn(fast_settings(), broker.settings.clone(), tenants_for(&sim, &[tenant], None));
+    let producer = RunningProducer::spawn(
+        fast_settings(),
+        broker.settings.clone(),
+        tenants_for(&sim, &[tenant], None),
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut found = None;
     while found.is_none() && tokio::time::Instant::now() < deadline {

@@ -1,0 +1,467 @@
+//! The consumer's main loop: start-up, the download stage on `m365.uris`, the uri_retry
+//! service, heartbeats, clean shutdown.
+//!
+//! The download stage handles one URI at a time per instance, in partition order:
+//! 1. the message is checked: a tenant this instance does not serve, a `content_uri` off the
+//!    tenant's API base (scheme, host, port, or path outside `/api/v1.0/{tenant}/activity/feed/`)
+//!    or an already expired content goes to `m365.uris.dead` with a gap record, without any
+//!    request;
+//! 2. the stream's dedup filter is loaded if this instance does not hold it (see
+//!    [`crate::state`]);
+//! 3. the blob is downloaded, split and produced ([`crate::blob`]) — transactionally together
+//!    with the URI offset, or acknowledged and then the offset committed;
+//! 4. a failure is routed to the retry or dead topic ([`crate::retry`]), with the offset.
+//!
+//! Rebalances happen only inside `recv`, between blobs (rdkafka serves the rebalance callback
+//! on the polling task), so a blob is always finished and committed by the member that started
+//! it. After a revocation every filter is dropped and reloaded on demand, because another
+//! member may have extended it meanwhile. Any Kafka error restarts the session: a new producer
+//! (a transactional one fences and aborts the failed transaction) and a new consumer that
+//! resumes from the committed offsets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use m365_common::envelope::UriMessage;
+use m365_common::health::{HealthRecord, Kind, Level};
+use m365_common::kafka::{self, KafkaGlueError, KafkaSettings, Topics};
+use rdkafka::Message as _;
+use rdkafka::message::OwnedMessage;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::blob::{BlobError, BlobJob, download};
+use crate::internal_events::ConsumerStats;
+use crate::kafka_io::{GroupConsumer, Output, group_consumer};
+use crate::retry::{self, Route, classify, dead_letter, route, route_records, uri_record};
+use crate::settings::{ConsumerSettings, ConsumerTenant};
+use crate::state::{StateStore, StreamId, StreamState};
+
+/// Service name of the download stage on health records.
+pub const SERVICE_NAME: &str = "consumer";
+
+/// Errors that stop the consumer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaGlueError),
+    #[error("nothing to run: neither the consumer nor the uri_retry service is enabled")]
+    NothingToDo,
+}
+
+/// What both stages share.
+pub struct Shared {
+    pub settings: ConsumerSettings,
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    /// Tenants by lower-case tenant id.
+    pub tenants: HashMap<String, ConsumerTenant>,
+    pub stats: Arc<ConsumerStats>,
+    pub state: StateStore,
+}
+
+/// Runs the enabled stages until `cancel` fires, then finishes the blob in flight, writes
+/// dedup snapshots and a stop record, and returns.
+pub async fn run(
+    settings: ConsumerSettings,
+    kafka_settings: KafkaSettings,
+    tenants: Vec<ConsumerTenant>,
+    stats: Arc<ConsumerStats>,
+    cancel: CancellationToken,
+) -> Result<(), ConsumerError> {
+    if !settings.run_consumer && !settings.run_uri_retry {
+        return Err(ConsumerError::NothingToDo);
+    }
+    // Another stage may be creating the same topics at this moment; a failed attempt is
+    // retried a few times before giving up.
+    let mut attempt = 0;
+    loop {
+        match kafka::ensure_topics(&kafka_settings).await {
+            Ok(()) => break,
+            Err(e) if attempt < 3 && !cancel.is_cancelled() => {
+                attempt += 1;
+                warn!(error = %e, attempt, "Creating the Kafka topics failed; trying again.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let shared = Arc::new(Shared {
+        topics: kafka_settings.topics(),
+        state: StateStore::new(
+            kafka_settings.clone(),
+            settings.snapshot_part_bytes,
+            stats.clone(),
+        ),
+        tenants: tenants
+            .into_iter()
+            .map(|t| (t.tenant_id.to_ascii_lowercase(), t))
+            .collect(),
+        settings,
+        kafka: kafka_settings,
+        stats,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    if shared.settings.run_consumer {
+        tasks.spawn(run_consumer(shared.clone(), cancel.clone()));
+    }
+    if shared.settings.run_uri_retry {
+        tasks.spawn(retry::run_uri_retry(shared.clone(), cancel.clone()));
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            error!(error = %e, "A consumer task ended abnormally.");
+        }
+    }
+    info!("Consumer stopped cleanly.");
+    Ok(())
+}
+
+/// The download stage, restarting its Kafka session after errors.
+async fn run_consumer(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut failures = 0u32;
+    while !cancel.is_cancelled() {
+        let mut session = Session {
+            filters: HashMap::new(),
+            last_heartbeat: Instant::now(),
+        };
+        match session.run(&shared, &cancel).await {
+            Ok(()) => return,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                shared.stats.session_restarts.inc();
+                warn!(error = %e, "The consumer's Kafka session failed; restarting it from the committed offsets.");
+                let wait = Duration::from_millis(500u64 << failures.min(6));
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One Kafka session of the download stage.
+struct Session {
+    /// Dedup filters of the streams this member holds.
+    filters: HashMap<StreamId, StreamState>,
+    last_heartbeat: Instant,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        shared: &Arc<Shared>,
+        cancel: &CancellationToken,
+    ) -> Result<(), KafkaGlueError> {
+        let settings = &shared.settings;
+        let topics = &shared.topics;
+        let tx_id = format!(
+            "{}-consumer-{}",
+            shared.kafka.topic_prefix, settings.instance_id
+        );
+        let start = HealthRecord::new(
+            &settings.job_id,
+            "office365",
+            SERVICE_NAME,
+            Level::Info,
+            Kind::Start,
+            "Consumer started.",
+        );
+        // The producer first: with transactions this fences an earlier run with the same id and
+        // aborts its open transaction before anything is read.
+        let out = Output::connect(
+            &shared.kafka,
+            &tx_id,
+            settings.transaction_timeout,
+            start.to_record(&topics.health),
+        )
+        .await?;
+        let (consumer, ctx) = group_consumer(
+            &shared.kafka,
+            &ConsumerSettings::group_id(&shared.kafka.topic_prefix),
+            &topics.uris,
+            settings.session_timeout,
+        )?;
+        info!(
+            transactional = out.is_transactional(),
+            "Consumer connected to Kafka."
+        );
+        let mut revocations = ctx.revocations();
+        loop {
+            let message = tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(settings.heartbeat_interval) => None,
+                m = consumer.recv() => Some(m.map_err(|source| KafkaGlueError::Read { topic: topics.uris.clone(), source })?.detach()),
+            };
+            if ctx.revocations() != revocations {
+                revocations = ctx.revocations();
+                self.filters.clear();
+            }
+            if let Some(message) = message
+                && let Err(e) = self.handle(shared, &out, &consumer, &message).await
+            {
+                // The filters may hold ids whose events are not durable: reload them later.
+                self.filters.clear();
+                return Err(e);
+            }
+            if self.last_heartbeat.elapsed() >= settings.heartbeat_interval {
+                self.heartbeat(shared, &out).await?;
+            }
+        }
+        self.shutdown(shared, &out).await
+    }
+
+    async fn handle(
+        &mut self,
+        shared: &Shared,
+        out: &Output,
+        consumer: &Arc<GroupConsumer>,
+        message: &OwnedMessage,
+    ) -> Result<(), KafkaGlueError> {
+        let topics = &shared.topics;
+        let (partition, offset) = (message.partition(), message.offset());
+        let commit = |records: Vec<kafka::OutRecord>| async move {
+            out.begin().await?;
+            let r = async {
+                out.send_all(&records).await?;
+                out.commit_with_offsets(consumer, &topics.uris, partition, offset + 1)
+                    .await
+            }
+            .await;
+            if r.is_err() {
+                out.abort().await;
+            }
+            r
+        };
+        let Some(uri) = message
+            .payload()
+            .and_then(|p| serde_json::from_slice::<UriMessage>(p).ok())
+        else {
+            error!(
+                partition,
+                offset, "Skipping an unreadable message on the URI topic."
+            );
+            let rec = HealthRecord::new(
+                &shared.settings.job_id,
+                "office365",
+                SERVICE_NAME,
+                Level::Error,
+                Kind::Error,
+                format!(
+                    "Unreadable message on {} partition {partition} offset {offset} skipped.",
+                    topics.uris
+                ),
+            );
+            return commit(vec![rec.to_record(&topics.health)]).await;
+        };
+        let job_id = &shared.settings.job_id;
+        let refuse = |reason: &str| {
+            let (m, gap) = dead_letter(&uri, reason, job_id, SERVICE_NAME);
+            vec![uri_record(&topics.dead, &m), gap.to_record(&topics.health)]
+        };
+        let Some(tenant) = shared.tenants.get(&uri.tenant_id.to_ascii_lowercase()) else {
+            warn!(tenant = %uri.tenant_id, content_id = %uri.content_id, "URI of a tenant this consumer does not serve; dead-lettered.");
+            commit(refuse(
+                "unknown tenant: not in this consumer's configuration",
+            ))
+            .await?;
+            shared.stats.blobs_dead.inc();
+            return Ok(());
+        };
+        if !tenant.api.is_own_content_uri(&uri.content_uri) {
+            error!(tenant = %uri.tenant_id, content_id = %uri.content_id, content_uri = %uri.content_uri,
+                "Refusing a content URI that is not on the tenant's API base; no request was made.");
+            commit(refuse(
+                "foreign_content_uri: not on the tenant's configured API base",
+            ))
+            .await?;
+            shared.stats.uris_refused.inc();
+            shared.stats.blobs_dead.inc();
+            return Ok(());
+        }
+        if Utc::now() >= uri.content_expiration {
+            commit(refuse("content expired before download")).await?;
+            shared.stats.blobs_dead.inc();
+            return Ok(());
+        }
+        let id = StreamId::new(&uri.tenant_id, &uri.content_type);
+        let options = tenant.stream(&uri.content_type);
+        if !self.filters.contains_key(&id) {
+            let state = shared.state.load(&id, options.dedup).await?;
+            self.filters.insert(id.clone(), state);
+        }
+        let Some(state) = self.filters.get_mut(&id) else {
+            return Ok(());
+        };
+        let job = BlobJob {
+            settings: &shared.settings,
+            events_topic: &topics.events,
+            out,
+            options: &options,
+        };
+        out.begin().await?;
+        let outcome = download(&job, &tenant.api, &uri, &mut state.dedup).await;
+        match outcome {
+            Ok(result) => {
+                if let Err(e) = out
+                    .commit_with_offsets(consumer, &topics.uris, partition, offset + 1)
+                    .await
+                {
+                    out.abort().await;
+                    return Err(e);
+                }
+                for rid in &result.new_ids {
+                    state.dedup.check_and_insert(rid);
+                }
+                state.dirty |= result.records_in > result.duplicates;
+                let s = &shared.stats;
+                s.blobs_fetched.inc();
+                s.records_in.add(result.records_in);
+                s.records_deduplicated.add(result.duplicates);
+                s.records_without_workload.add(result.without_workload);
+                for (tag, n) in &result.out_by_tag {
+                    s.records_out.add(tag, *n);
+                }
+                for (reason, n) in result.rejected.iter() {
+                    s.elements_rejected.add(reason.as_str(), n);
+                }
+                info!(tenant = %uri.tenant_id, content_type = %uri.content_type, content_id = %uri.content_id,
+                    records = result.records_in, duplicates = result.duplicates, rejected = result.rejected.total(),
+                    bytes = result.body_bytes, "Blob fetched.");
+                if result.rejected.total() > 0 {
+                    report_rejections(shared, out, &uri, &result).await?;
+                }
+                let due = state
+                    .last_snapshot
+                    .is_none_or(|t| t.elapsed() >= shared.settings.snapshot_interval);
+                if due && state.dirty {
+                    shared.state.save(&id, state, out).await?;
+                }
+                Ok(())
+            }
+            Err(BlobError::Kafka(e)) => {
+                out.abort().await;
+                Err(e)
+            }
+            Err(e) => {
+                out.abort().await;
+                let failure = classify(&e);
+                let r = route(
+                    &uri,
+                    &failure,
+                    tenant.uri_retry,
+                    &shared.settings.retry,
+                    Utc::now(),
+                    job_id,
+                );
+                match &r {
+                    Route::Retry(m) => {
+                        warn!(tenant = %uri.tenant_id, content_type = %uri.content_type, content_id = %uri.content_id,
+                            attempt = m.attempt, error = %e, "Blob download failed; scheduled for retry.");
+                        shared.stats.blobs_retried.inc();
+                    }
+                    Route::Dead(m, _) => {
+                        error!(tenant = %uri.tenant_id, content_type = %uri.content_type, content_id = %uri.content_id,
+                            reason = m.reason.as_deref().unwrap_or(""), error = %e, "Blob download failed for good; dead-lettered.");
+                        shared.stats.blobs_dead.inc();
+                    }
+                }
+                commit(route_records(&r, shared)).await
+            }
+        }
+    }
+}
+
+/// A warning record naming the blob and its skipped elements by reason.
+async fn report_rejections(
+    shared: &Shared,
+    out: &Output,
+    uri: &UriMessage,
+    result: &crate::blob::BlobResult,
+) -> Result<(), KafkaGlueError> {
+    let mut rec = HealthRecord::new(
+        &shared.settings.job_id,
+        &uri.tenant_id,
+        &uri.content_type,
+        Level::Warning,
+        Kind::Error,
+        format!(
+            "Blob {} had {} elements that are not audit records; they were skipped.",
+            uri.content_id,
+            result.rejected.total()
+        ),
+    );
+    for (reason, n) in result.rejected.iter() {
+        rec = rec.with_counter(reason.as_str(), n);
+    }
+    out.begin().await?;
+    let r = async {
+        out.send_all(&[rec.to_record(&shared.topics.health)])
+            .await?;
+        out.commit_plain().await
+    }
+    .await;
+    if r.is_err() {
+        out.abort().await;
+    }
+    r
+}
+
+impl Session {
+    async fn heartbeat(&mut self, shared: &Shared, out: &Output) -> Result<(), KafkaGlueError> {
+        self.last_heartbeat = Instant::now();
+        let s = &shared.stats;
+        let rec = HealthRecord::new(
+            &shared.settings.job_id,
+            "office365",
+            SERVICE_NAME,
+            Level::Info,
+            Kind::Heartbeat,
+            "Consumer alive.",
+        )
+        .with_counter("blobs_fetched", s.blobs_fetched.get())
+        .with_counter("blobs_retried", s.blobs_retried.get())
+        .with_counter("blobs_dead", s.blobs_dead.get())
+        .with_counter("records_out", s.records_out_total())
+        .with_counter("records_deduplicated", s.records_deduplicated.get());
+        out.begin().await?;
+        let r = async {
+            out.send_all(&[rec.to_record(&shared.topics.health)])
+                .await?;
+            out.commit_plain().await
+        }
+        .await;
+        if r.is_err() {
+            out.abort().await;
+        }
+        r
+    }
+
+    /// Writes a snapshot of every filter with news, then a stop record.
+    async fn shutdown(&mut self, shared: &Shared, out: &Output) -> Result<(), KafkaGlueError> {
+        for (id, state) in self.filters.iter_mut() {
+            if state.dirty
+                && let Err(e) = shared.state.save(id, state, out).await
+            {
+                warn!(stream = %id, error = %e, "Could not write the dedup snapshot at shutdown; the next start replays m365.events instead.");
+            }
+        }
+        let stop = HealthRecord::new(
+            &shared.settings.job_id,
+            "office365",
+            SERVICE_NAME,
+            Level::Info,
+            Kind::Stop,
+            "Consumer stopped.",
+        )
+        .with_counter("blobs_fetched", shared.stats.blobs_fetched.get())
+        .with_counter("records_out", shared.stats.records_out_total());
+        out.begin().await?;
+        out.send_all(&[stop.to_record(&shared.topics.health)])
+            .await?;
+        out.commit_plain().await
+    }
+}
