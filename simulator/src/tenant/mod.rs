@@ -7,6 +7,7 @@
 //! - `generator` — seeded realistic records and the intrusion scenario.
 //! - `files`     — real records loaded from JSON lines / arrays, served byte for byte.
 //! - `auth`      — token endpoints (secret, certificate assertion) and bearer checks.
+//! - `consent`   — admin consent: authorize endpoints and authorization-code redemption.
 //! - `routes`    — the HTTP surface and the `/_sim/*` inspection endpoints.
 //! - `faults`    — [`FaultHandle`]: random and scripted faults, quotas, clock skew.
 //! - `truth`     — [`Truth`], [`Violation`], [`RequestLog`].
@@ -25,9 +26,11 @@
 
 pub mod auth;
 pub mod config;
+pub mod consent;
 pub mod faults;
 pub mod files;
 pub mod generator;
+mod inspect;
 mod routes;
 mod server;
 pub mod state;
@@ -49,7 +52,9 @@ pub use config::{
     ROLE_ACTIVITY_FEED_READ_DLP, RecordFileSpec, SimConfig, TEST_CLIENT_ID, TEST_CLIENT_SECRET,
     TEST_PUBLISHER_ID, TenantSpec, ThrottleSpec,
 };
+pub use consent::ConsentGrant;
 pub use faults::{FaultHandle, FaultKind, FaultTarget};
+pub use inspect::RecordView;
 pub use files::FileError;
 pub use truth::{
     BlobTruth, Endpoint, RequestLog, RequestSummary, StreamTruth, Truth, Violation, ViolationKind,
@@ -98,6 +103,8 @@ pub(crate) struct Shared {
     state: Mutex<SimState>,
     pub(crate) faults: FaultHandle,
     pub(crate) base_url: Url,
+    /// Authorization codes of the admin-consent flow.
+    pub(crate) consent: consent::ConsentState,
 }
 
 impl Shared {
@@ -225,6 +232,7 @@ impl Simulator {
             state: Mutex::new(st),
             faults,
             base_url,
+            consent: consent::ConsentState::default(),
         });
         let cancel = CancellationToken::new();
         let router = routes::router(shared.clone());

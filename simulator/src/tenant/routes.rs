@@ -40,6 +40,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/truth", get(sim_truth))
         .route("/_sim/violations", get(sim_violations))
         .route("/_sim/requests", get(sim_requests))
+        .merge(super::consent::routes())
         .fallback(not_found)
         .layer(axum::middleware::map_response_with_state(
             shared.clone(),
@@ -1063,7 +1064,9 @@ async fn token(
                 .and_then(|v| v.to_str().ok()),
         ),
     };
-    let result = {
+    let result = if super::consent::is_code_grant(&req.form) {
+        super::consent::redeem(&sh, &req, now)
+    } else {
         let mut st = sh.lock();
         auth::issue_token(&sh.env, &sh.keys, &sh.token_key, &mut st, &req, now)
     };

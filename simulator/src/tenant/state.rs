@@ -152,7 +152,7 @@ impl Env {
 #[derive(Debug)]
 pub(crate) struct SimState {
     pub(crate) blobs: Vec<Blob>,
-    by_id: HashMap<String, usize>,
+    pub(crate) by_id: HashMap<String, usize>,
     streams: Vec<Vec<Stream>>,
     next_slot: DateTime<Utc>,
     interval: Duration,
