@@ -221,10 +221,14 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaGlueErro
     if missing.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = settings
-        .client_config()
-        .create()
-        .map_err(|source| KafkaGlueError::Client { what: "admin", source })?;
+    let admin: AdminClient<DefaultClientContext> =
+        settings
+            .client_config()
+            .create()
+            .map_err(|source| KafkaGlueError::Client {
+                what: "admin",
+                source,
+            })?;
     let retention_ms = (8 * 24 * 3600 * 1000_i64).to_string();
     let new: Vec<NewTopic<'_>> = topics
         .all()
@@ -309,16 +313,25 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaGlueErro
 
 /// The topics of `topics` the broker does not have yet (so that a deployment whose Kafka
 /// user may not create topics runs once they exist).
-async fn missing_topics(settings: &KafkaSettings, topics: &Topics) -> Result<Vec<String>, KafkaGlueError> {
+async fn missing_topics(
+    settings: &KafkaSettings,
+    topics: &Topics,
+) -> Result<Vec<String>, KafkaGlueError> {
     let probe: BaseConsumer<QuietContext> = settings
         .client_config()
         .create_with_context(QuietContext)
-        .map_err(|source| KafkaGlueError::Client { what: "metadata", source })?;
+        .map_err(|source| KafkaGlueError::Client {
+            what: "metadata",
+            source,
+        })?;
     let wanted: Vec<String> = topics.all().iter().map(|(n, _)| n.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let md = probe
             .fetch_metadata(None, KAFKA_CALL_TIMEOUT)
-            .map_err(|source| KafkaGlueError::Metadata { topic: "(all)".into(), source })?;
+            .map_err(|source| KafkaGlueError::Metadata {
+                topic: "(all)".into(),
+                source,
+            })?;
         Ok(wanted
             .into_iter()
             .filter(|w| {
@@ -621,7 +634,11 @@ impl Committer {
         };
         // First a throwaway transaction on the probe topic: a broker that takes the records but
         // cannot end the transaction fails here without holding back a topic anyone reads.
-        let marker = OutRecord::new(&settings.topics().txn_probe, transactional_id, b"probe".to_vec());
+        let marker = OutRecord::new(
+            &settings.topics().txn_probe,
+            transactional_id,
+            b"probe".to_vec(),
+        );
         c.commit(vec![vec![marker]]).await?;
         c.commit(vec![vec![probe]]).await?;
         Ok(c)
@@ -767,9 +784,12 @@ pub async fn scan_topic(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<QuietContext> = cfg
-        .create_with_context(QuietContext)
-        .map_err(|source| KafkaGlueError::Client { what: "scanner", source })?;
+    let consumer: BaseConsumer<QuietContext> =
+        cfg.create_with_context(QuietContext)
+            .map_err(|source| KafkaGlueError::Client {
+                what: "scanner",
+                source,
+            })?;
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
         let md = consumer

@@ -6,29 +6,53 @@ use m365_common::kafka::{self, Committer, OutRecord, TransactionMode};
 use m365_common::testkit::{BrokerKind, TestBroker};
 
 async fn committer_round_trip(kind: BrokerKind, mode: TransactionMode, expect_transactional: bool) {
-    let Some(mut broker) = TestBroker::start(kind, "glue") else { return };
+    let Some(mut broker) = TestBroker::start(kind, "glue") else {
+        return;
+    };
     broker.settings.transactions = mode;
     let s = &broker.settings;
     kafka::ensure_topics(s).await.expect("topics are created");
     // A second call finds them and does nothing.
-    kafka::ensure_topics(s).await.expect("existing topics are fine");
+    kafka::ensure_topics(s)
+        .await
+        .expect("existing topics are fine");
     let topics = s.topics();
     let probe = OutRecord::new(&topics.health, "probe", b"start".to_vec());
-    let c = Committer::new(s, &format!("{}-glue", s.topic_prefix), probe).await.expect("committer");
-    assert_eq!(c.is_transactional(), expect_transactional, "transactions on {kind:?} with {mode:?}");
+    let c = Committer::new(s, &format!("{}-glue", s.topic_prefix), probe)
+        .await
+        .expect("committer");
+    assert_eq!(
+        c.is_transactional(),
+        expect_transactional,
+        "transactions on {kind:?} with {mode:?}"
+    );
 
     c.commit(vec![
-        vec![OutRecord::new(&topics.state, "k1", b"v1".to_vec()), OutRecord::new(&topics.state, "k2", b"v2".to_vec())],
-        vec![OutRecord::new(&topics.state, "k1", b"v1-new".to_vec()), OutRecord::tombstone(&topics.state, "k2")],
+        vec![
+            OutRecord::new(&topics.state, "k1", b"v1".to_vec()),
+            OutRecord::new(&topics.state, "k2", b"v2".to_vec()),
+        ],
+        vec![
+            OutRecord::new(&topics.state, "k1", b"v1-new".to_vec()),
+            OutRecord::tombstone(&topics.state, "k2"),
+        ],
     ])
     .await
     .expect("commit");
-    let table = kafka::read_table(s, &topics.state).await.expect("read the state table");
+    let table = kafka::read_table(s, &topics.state)
+        .await
+        .expect("read the state table");
     assert_eq!(table.get("k1").map(Vec::as_slice), Some(&b"v1-new"[..]));
     assert!(!table.contains_key("k2"), "a tombstone removes the key");
 
-    let health = kafka::read_table(s, &topics.health).await.expect("read health");
-    assert_eq!(health.get("probe").map(Vec::as_slice), Some(&b"start"[..]), "the probe record is never lost");
+    let health = kafka::read_table(s, &topics.health)
+        .await
+        .expect("read health");
+    assert_eq!(
+        health.get("probe").map(Vec::as_slice),
+        Some(&b"start"[..]),
+        "the probe record is never lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

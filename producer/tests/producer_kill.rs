@@ -49,7 +49,11 @@ fn write_config(dir: &std::path::Path, sim: &Simulator, broker: &TestBroker) -> 
         "logging": {"level": "warn"},
     });
     let path = dir.join("producer.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("config serialises")).expect("write the config");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&cfg).expect("config serialises"),
+    )
+    .expect("write the config");
     path
 }
 
@@ -64,7 +68,9 @@ fn spawn(config: &std::path::Path) -> Child {
 }
 
 async fn killed_and_restarted(kind: BrokerKind, name: &str) {
-    let Some(broker) = TestBroker::start(kind, name) else { return };
+    let Some(broker) = TestBroker::start(kind, name) else {
+        return;
+    };
     let mut cfg = base_sim_config(&TENANTS);
     cfg.page_size = 2;
     cfg.faults.late_blob_fraction = 0.2;
@@ -75,7 +81,9 @@ async fn killed_and_restarted(kind: BrokerKind, name: &str) {
     // The embedded broker has no CreateTopics API: create the topics through it first (the
     // binary then finds them); on the real broker the binary creates them itself.
     if kind == BrokerKind::Embedded {
-        m365_common::kafka::ensure_topics(&broker.settings).await.expect("topics");
+        m365_common::kafka::ensure_topics(&broker.settings)
+            .await
+            .expect("topics");
     }
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0001);
@@ -92,14 +100,25 @@ async fn killed_and_restarted(kind: BrokerKind, name: &str) {
     let _ = wait_for_all(&sim, &broker.settings, cutoff, Duration::from_secs(120)).await;
     // A sweep period more, so a duplicate emission would be on the topic by now.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("send SIGTERM");
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("send SIGTERM");
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait for the producer");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait for the producer");
     assert_eq!(exit.code(), Some(0), "SIGTERM stops the producer cleanly");
 
     let uris = read_uris(&broker.settings).await;
     assert_exact(&sim, &uris, cutoff);
-    assert!(sim.violations().is_empty(), "violations: {:?}", sim.violations());
+    assert!(
+        sim.violations().is_empty(),
+        "violations: {:?}",
+        sim.violations()
+    );
     sim.shutdown().await;
 }
 
