@@ -13,6 +13,8 @@
 //! - [`tags`]: Devo tags for audit records.
 //! - [`decompress`]: the one size-capped gzip reader.
 //! - [`telemetry`]: logging set-up.
+//! - [`metrics`]: Prometheus metrics (one table of names), `/metrics`, `/healthz`, `/readyz`,
+//!   readiness and Kafka consumer lag.
 
 pub mod api;
 pub mod auth;
@@ -22,6 +24,7 @@ pub mod decompress;
 pub mod envelope;
 pub mod health;
 pub mod kafka;
+pub mod metrics;
 pub mod runtime;
 pub mod tags;
 pub mod telemetry;

@@ -1,9 +1,9 @@
-//! The consumer's counters, readable by tests and heartbeats (and later exported as
-//! Prometheus metrics), plus one emit function per happening that logs and counts.
+//! The consumer's counters, readable by tests and heartbeats and exported as Prometheus
+//! metrics at scrape time by [`crate::metrics`].
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -19,6 +19,20 @@ impl Counter {
     }
 
     pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A yes/no state that one task sets and others read (readiness).
+#[derive(Debug, Default)]
+pub struct Flag(AtomicBool);
+
+impl Flag {
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -83,6 +97,10 @@ pub struct ConsumerStats {
     pub dedup_snapshots: Counter,
     /// Kafka sessions restarted after an error.
     pub session_restarts: Counter,
+    /// True while the download stage's Kafka output is connected (readiness `output`).
+    pub output_connected: Flag,
+    /// True while the uri_retry service's Kafka output is connected (readiness `output`).
+    pub retry_output_connected: Flag,
 }
 
 impl ConsumerStats {

@@ -18,6 +18,7 @@
 //! * [`retry`] — failure classification, retry/dead routing, the uri_retry service.
 //! * [`run`] — start-up, the download loop, heartbeats, shutdown.
 //! * [`internal_events`] — counters.
+//! * [`metrics`] — their Prometheus export and the consumer's readiness.
 //!
 //! [`split`] and [`dedup`] are pure (no I/O).
 
@@ -25,6 +26,7 @@ pub mod blob;
 pub mod dedup;
 pub mod internal_events;
 pub mod kafka_io;
+pub mod metrics;
 pub mod retry;
 pub mod run;
 pub mod settings;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use m365_common::{config, runtime, telemetry};
+use m365_common::{config, metrics, runtime, telemetry};
 use m365_consumer::ConsumerSettings;
 use m365_consumer::internal_events::ConsumerStats;
 use m365_consumer::settings::tenants_from_runtime;
@@ -93,6 +93,23 @@ fn main() -> ExitCode {
         let cancel = CancellationToken::new();
         tokio::spawn(shutdown_on_signal(cancel.clone()));
         let stats = Arc::new(ConsumerStats::default());
+        // Metrics stay up while the consumer drains, and stop once it has returned.
+        let metrics_cancel = CancellationToken::new();
+        let _stop_metrics = metrics_cancel.clone().drop_guard();
+        if cfg.metrics.enabled
+            && let Err(e) = start_metrics(
+                &cfg.metrics,
+                &stats,
+                &settings,
+                &tenants,
+                &kafka,
+                &metrics_cancel,
+            )
+            .await
+        {
+            tracing::error!(error = %e, "The metrics endpoint could not start.");
+            return ExitCode::from(1);
+        }
         match m365_consumer::run(settings, kafka, tenants, stats, cancel).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -101,6 +118,31 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Registers the consumer's metrics and readiness and serves them on the configured address.
+async fn start_metrics(
+    config: &m365_common::config::MetricsSettings,
+    stats: &Arc<ConsumerStats>,
+    settings: &ConsumerSettings,
+    tenants: &[m365_consumer::ConsumerTenant],
+    kafka: &m365_common::kafka::KafkaSettings,
+    cancel: &CancellationToken,
+) -> Result<(), metrics::MetricsError> {
+    let registry = metrics::new_registry();
+    let readiness = metrics::Readiness::new();
+    m365_consumer::metrics::install(
+        &registry,
+        &readiness,
+        stats.clone(),
+        settings,
+        tenants,
+        kafka,
+        metrics::KafkaMonitorSettings::default(),
+        cancel,
+    )?;
+    metrics::serve(config.listen_address, registry, readiness, cancel.clone()).await?;
+    Ok(())
 }
 
 /// Cancels on SIGTERM or SIGINT.

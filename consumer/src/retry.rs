@@ -238,7 +238,9 @@ struct Held {
 pub async fn run_uri_retry(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut failures = 0u32;
     while !cancel.is_cancelled() {
-        match retry_session(&shared, &cancel).await {
+        let result = retry_session(&shared, &cancel).await;
+        shared.stats.retry_output_connected.set(false);
+        match result {
             Ok(()) => return,
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -289,6 +291,7 @@ async fn retry_session(
         transactional = out.is_transactional(),
         "uri_retry service connected to Kafka."
     );
+    shared.stats.retry_output_connected.set(true);
     let mut queues: BTreeMap<i32, VecDeque<Held>> = BTreeMap::new();
     let mut paused: BTreeMap<i32, bool> = BTreeMap::new();
     let mut revocations = ctx.revocations();

@@ -127,7 +127,9 @@ async fn run_consumer(shared: Arc<Shared>, cancel: CancellationToken) {
             filters: HashMap::new(),
             last_heartbeat: Instant::now(),
         };
-        match session.run(&shared, &cancel).await {
+        let result = session.run(&shared, &cancel).await;
+        shared.stats.output_connected.set(false);
+        match result {
             Ok(()) => return,
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -189,6 +191,7 @@ impl Session {
             transactional = out.is_transactional(),
             "Consumer connected to Kafka."
         );
+        shared.stats.output_connected.set(true);
         let mut revocations = ctx.revocations();
         loop {
             let message = tokio::select! {

@@ -6,9 +6,11 @@
 //! - [`stream`] — one stream's window listing, late-content sweep and commit.
 //! - [`run`] — start-up (topics, transactions probe, state recovery, subscriptions), one task
 //!   per stream, heartbeats and clean shutdown.
-//! - [`internal_events`] — counters.
+//! - [`internal_events`] — counters and per-stream cursors.
+//! - [`metrics`] — their Prometheus export and the producer's readiness.
 
 pub mod internal_events;
+pub mod metrics;
 pub mod run;
 pub mod settings;
 pub mod state;

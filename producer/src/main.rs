@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use m365_common::{config, runtime, telemetry};
+use m365_common::{config, metrics, runtime, telemetry};
 use m365_producer::internal_events::ProducerStats;
 use m365_producer::{ProducerSettings, run::tenants_from_runtime};
 use tokio_util::sync::CancellationToken;
@@ -62,15 +62,18 @@ fn main() -> ExitCode {
         let cancel = CancellationToken::new();
         tokio::spawn(shutdown_on_signal(cancel.clone()));
         let stats = std::sync::Arc::new(ProducerStats::default());
-        match m365_producer::run(
-            settings,
-            kafka,
-            tenants_from_runtime(&tenants),
-            stats,
-            cancel,
-        )
-        .await
+        let tenants = tenants_from_runtime(&tenants);
+        // Metrics stay up while the producer drains, and stop once it has returned.
+        let metrics_cancel = CancellationToken::new();
+        let _stop_metrics = metrics_cancel.clone().drop_guard();
+        if cfg.metrics.enabled
+            && let Err(e) =
+                start_metrics(&cfg.metrics, &stats, &tenants, &kafka, &metrics_cancel).await
         {
+            tracing::error!(error = %e, "The metrics endpoint could not start.");
+            return ExitCode::from(1);
+        }
+        match m365_producer::run(settings, kafka, tenants, stats, cancel).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "The producer stopped on an error.");
@@ -78,6 +81,29 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Registers the producer's metrics and readiness and serves them on the configured address.
+async fn start_metrics(
+    settings: &m365_common::config::MetricsSettings,
+    stats: &std::sync::Arc<ProducerStats>,
+    tenants: &[m365_producer::TenantRuntime],
+    kafka: &m365_common::kafka::KafkaSettings,
+    cancel: &CancellationToken,
+) -> Result<(), metrics::MetricsError> {
+    let registry = metrics::new_registry();
+    let readiness = metrics::Readiness::new();
+    m365_producer::metrics::install(
+        &registry,
+        &readiness,
+        stats.clone(),
+        tenants,
+        kafka,
+        metrics::KafkaMonitorSettings::default(),
+        cancel,
+    )?;
+    metrics::serve(settings.listen_address, registry, readiness, cancel.clone()).await?;
+    Ok(())
 }
 
 /// Cancels on SIGTERM or SIGINT.

@@ -93,6 +93,7 @@ pub async fn run(
         transactional = committer.is_transactional(),
         "Producer connected to Kafka."
     );
+    stats.set_output_connected(true);
 
     let table = kafka::read_table(&kafka_settings, &topics.state).await?;
     let mut recovered = Recovered::from_table(&table);
@@ -127,6 +128,7 @@ pub async fn run(
             };
             let ledger = recovered.ledgers.remove(&id).unwrap_or_default();
             info!(stream = %id, cursor = %cursor, ledger = ledger.len(), "Stream starting.");
+            stats.streams.set(&id, cursor, tenant.api.skew());
             let stream = Stream {
                 id,
                 api: tenant.api.clone(),
@@ -154,10 +156,12 @@ pub async fn run(
     )
     .with_counter("blobs_emitted", stats.blobs_emitted.get());
     let _guard = shared.commit_lock.lock().await;
-    shared
+    let stopped = shared
         .committer
         .commit(vec![vec![stop.to_record(&topics.health)]])
-        .await?;
+        .await;
+    stats.set_output_connected(false);
+    stopped?;
     info!("Producer stopped cleanly.");
     Ok(())
 }

@@ -224,6 +224,10 @@ impl Stream {
         shared.stats.blobs_emitted.add(uris.len() as u64);
         debug!(stream = %self.id, from = %self.cursor, to = %new_cursor, emitted = uris.len(), "Committed window.");
         self.cursor = new_cursor;
+        shared
+            .stats
+            .streams
+            .set(&self.id, new_cursor, self.api.skew());
         Ok(())
     }
 }

@@ -12,6 +12,8 @@
 
 mod blob;
 mod error;
+#[doc(hidden)]
+pub mod fuzz_hooks;
 mod http;
 mod stats;
 mod types;

@@ -12,6 +12,8 @@
 
 mod assertion;
 mod error;
+#[doc(hidden)]
+pub mod fuzz_hooks;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -407,11 +409,23 @@ impl TokenClient {
         let body = read_limited(response, MAX_TOKEN_RESPONSE_BYTES)
             .await
             .map_err(transport)?;
+        self.interpret(status, retry_after, &body, started)
+    }
 
+    /// Turns the token endpoint's answer (status, `Retry-After`, body) into a token or a typed
+    /// error; no I/O. `started` is when the request left (the expiry is measured from it).
+    fn interpret(
+        &self,
+        status: u16,
+        retry_after: Option<Duration>,
+        body: &[u8],
+        started: Instant,
+    ) -> Result<AccessToken, AuthError> {
+        let url = self.endpoint_url.as_str();
         if !(200..300).contains(&status) {
-            let parsed: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+            let parsed: TokenErrorBody = serde_json::from_slice(body).unwrap_or_default();
             let description = if parsed.error_description.is_empty() && parsed.error.is_empty() {
-                excerpt(&body)
+                excerpt(body)
             } else {
                 parsed.error_description.clone()
             };
@@ -437,7 +451,7 @@ impl TokenClient {
             message: message.to_string(),
         };
         let parsed: TokenResponse =
-            serde_json::from_slice(&body).map_err(|_| invalid("not a JSON token response"))?;
+            serde_json::from_slice(body).map_err(|_| invalid("not a JSON token response"))?;
         let access_token = parsed
             .access_token
             .filter(|t| !t.is_empty())
