@@ -15,3 +15,21 @@ pub fn init_logging(level: &str, json: bool) {
         builder.try_init()
     };
 }
+
+/// Cancels `cancel` on SIGTERM or SIGINT: the clean-shutdown trigger of every binary.
+pub async fn cancel_on_signal(cancel: tokio_util::sync::CancellationToken) {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops cleanly.");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("Shutdown requested; finishing the work in flight.");
+    cancel.cancel();
+}

@@ -13,6 +13,16 @@
 //!   written and flushed to the socket/file, so the caller may then commit Kafka offsets.
 //!   Connection lifecycle (lazy connect, reconnect when idle, old or closed by the peer,
 //!   half-close on shutdown, jittered backoff) follows `shared/docs/devo.md` §1.6.
+//! * [`settings`]: the stage's settings from the configuration, and the output they build.
+//! * [`run`]: the stage loop: consumer group on `m365.events` and `m365.health`, batching
+//!   by size and time, commit after delivery, pause while Devo is away, clean drain.
+//! * Counters of the stage and its output: [`internal_events`].
 
 pub mod framing;
+pub mod internal_events;
 pub mod output;
+pub mod run;
+pub mod settings;
+
+pub use run::{RunError, run};
+pub use settings::{ForwarderSettings, SettingsError, build_output};

@@ -1,0 +1,143 @@
+//! All three stages in one process, on the configured Kafka or on the embedded broker: the
+//! code behind `m365-devo run` and the demo. Each stage runs exactly the library code its own
+//! binary runs; only the process is shared (and with it each tenant's API client, so listing
+//! and downloads share one rate governor).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use m365_common::config::Config;
+use m365_common::kafka::{self, EmbeddedBroker, KafkaSettings};
+use m365_common::runtime;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Counters of every stage, for progress displays.
+pub struct PipelineStats {
+    pub producer: Arc<m365_producer::internal_events::ProducerStats>,
+    pub consumer: Arc<m365_consumer::internal_events::ConsumerStats>,
+    pub forwarder: Arc<m365_forwarder::internal_events::ForwarderStats>,
+}
+
+/// The running stages.
+pub struct Pipeline {
+    cancel: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    pub stats: PipelineStats,
+    pub kafka: KafkaSettings,
+    /// Dropped last: the stages must be gone before the broker is.
+    _embedded: Option<EmbeddedBroker>,
+}
+
+impl Pipeline {
+    /// Starts the broker if none is configured, creates the topics, and starts every stage the
+    /// configuration asks for (the producer and consumer when there are tenants, the
+    /// forwarder when there is a `devo` section).
+    pub async fn start(cfg: &Config) -> anyhow::Result<Pipeline> {
+        let (embedded, kafka) = match &cfg.kafka.bootstrap_servers {
+            Some(servers) => (None, runtime::kafka_settings(&cfg.kafka, servers)),
+            None => {
+                let broker = EmbeddedBroker::start(1).context("starting the embedded Kafka broker")?;
+                warn!(
+                    bootstrap_servers = broker.bootstrap_servers(),
+                    "NO KAFKA CONFIGURED: running on the embedded in-memory broker. Nothing survives a restart: cursors, dedup state and undelivered events are lost when this process stops. Set kafka.bootstrap_servers for production."
+                );
+                let mut k = runtime::kafka_settings(&cfg.kafka, broker.bootstrap_servers());
+                k.embedded = broker.topics();
+                k.replication_factor = 1;
+                // The mock cluster accepts transactions but does not hide aborted records from
+                // read_committed readers, so the ordered path (which is exact without them)
+                // is the right one here.
+                k.transactions = m365_common::kafka::TransactionMode::Off;
+                (Some(broker), k)
+            }
+        };
+        kafka::ensure_topics(&kafka).await.context("creating the Kafka topics")?;
+
+        let tenants = runtime::build_tenants(cfg)?;
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let stats = PipelineStats {
+            producer: Arc::default(),
+            consumer: Arc::default(),
+            forwarder: Arc::default(),
+        };
+
+        if !tenants.is_empty() {
+            let settings = m365_producer::ProducerSettings::from_config(cfg);
+            let fut = m365_producer::run(
+                settings,
+                kafka.clone(),
+                m365_producer::run::tenants_from_runtime(&tenants),
+                stats.producer.clone(),
+                cancel.clone(),
+            );
+            tasks.spawn(async move { ("producer", fut.await.map_err(anyhow::Error::from)) });
+
+            let settings = m365_consumer::ConsumerSettings::from_config(cfg);
+            let fut = m365_consumer::run(
+                settings,
+                kafka.clone(),
+                m365_consumer::settings::tenants_from_runtime(cfg, &tenants),
+                stats.consumer.clone(),
+                cancel.clone(),
+            );
+            tasks.spawn(async move { ("consumer", fut.await.map_err(anyhow::Error::from)) });
+        }
+        if let Some(devo) = &cfg.devo {
+            let settings = m365_forwarder::ForwarderSettings::from_config(cfg, None)?;
+            let output = m365_forwarder::build_output(devo, Arc::clone(&stats.forwarder.output))?;
+            let fut = m365_forwarder::run(settings, kafka.clone(), output, stats.forwarder.clone(), cancel.clone());
+            tasks.spawn(async move { ("forwarder", fut.await.map_err(anyhow::Error::from)) });
+        }
+        if tasks.is_empty() {
+            anyhow::bail!("nothing to run: the configuration has no tenant and no devo output");
+        }
+        info!(stages = tasks.len(), "Pipeline started.");
+        Ok(Pipeline { cancel, tasks, stats, kafka, _embedded: embedded })
+    }
+
+    /// Waits until a stage stops on its own (an error) or `stop` fires; then stops the rest.
+    /// Returns the first error.
+    pub async fn run_until(mut self, stop: CancellationToken) -> anyhow::Result<()> {
+        let first = tokio::select! {
+            _ = stop.cancelled() => None,
+            done = self.tasks.join_next() => done,
+        };
+        let mut result = Ok(());
+        if let Some(done) = first {
+            result = stage_result(done);
+            if result.is_ok() {
+                warn!("A stage stopped on its own; stopping the others.");
+            }
+        }
+        let rest = self.shutdown().await;
+        result.and(rest)
+    }
+
+    /// Asks every stage to drain and stop, and waits for them.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        let mut result = Ok(());
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(e) = stage_result(done) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
+
+fn stage_result(done: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>) -> anyhow::Result<()> {
+    match done {
+        Ok((_, Ok(()))) => Ok(()),
+        Ok((stage, Err(e))) => {
+            error!(stage, error = %format!("{e:#}"), "A stage failed.");
+            Err(e.context(format!("the {stage} stage failed")))
+        }
+        Err(e) => Err(anyhow::anyhow!("a stage panicked: {e}")),
+    }
+}
