@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     };
     rt.block_on(async move {
         let cancel = CancellationToken::new();
-        tokio::spawn(shutdown_on_signal(cancel.clone()));
+        tokio::spawn(m365_common::telemetry::cancel_on_signal(cancel.clone()));
         let stats = Arc::new(ConsumerStats::default());
         // Metrics stay up while the consumer drains, and stop once it has returned.
         let metrics_cancel = CancellationToken::new();
@@ -143,23 +143,4 @@ async fn start_metrics(
     )?;
     metrics::serve(config.listen_address, registry, readiness, cancel.clone()).await?;
     Ok(())
-}
-
-/// Cancels on SIGTERM or SIGINT.
-async fn shutdown_on_signal(cancel: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the consumer cleanly.");
-            let _ = tokio::signal::ctrl_c().await;
-            cancel.cancel();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("Shutdown requested; finishing the blob in flight.");
-    cancel.cancel();
 }

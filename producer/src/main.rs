@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     };
     rt.block_on(async move {
         let cancel = CancellationToken::new();
-        tokio::spawn(shutdown_on_signal(cancel.clone()));
+        tokio::spawn(m365_common::telemetry::cancel_on_signal(cancel.clone()));
         let stats = std::sync::Arc::new(ProducerStats::default());
         let tenants = tenants_from_runtime(&tenants);
         // Metrics stay up while the producer drains, and stop once it has returned.
@@ -104,23 +104,4 @@ async fn start_metrics(
     )?;
     metrics::serve(settings.listen_address, registry, readiness, cancel.clone()).await?;
     Ok(())
-}
-
-/// Cancels on SIGTERM or SIGINT.
-async fn shutdown_on_signal(cancel: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the producer cleanly.");
-            let _ = tokio::signal::ctrl_c().await;
-            cancel.cancel();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("Shutdown requested; finishing the commit in flight.");
-    cancel.cancel();
 }
