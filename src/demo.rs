@@ -133,6 +133,7 @@ fn write_config(dir: &Path, sim: &Simulator, devo: &FakeDevo, pki_dir: &Path) ->
             "batch_max_wait_ms": 200,
         },
         "producer": {"poll_interval_secs": 2, "settle_secs": 1, "sweep_interval_secs": 5},
+        "metrics": {"enabled": false},
         "logging": {"level": "warn"},
     });
     let path = dir.join("config.json");

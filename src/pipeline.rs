@@ -94,6 +94,9 @@ impl Pipeline {
         if tasks.is_empty() {
             anyhow::bail!("nothing to run: the configuration has no tenant and no devo output");
         }
+        if cfg.metrics.enabled {
+            start_metrics(cfg, &kafka, &tenants, &stats, &cancel).await?;
+        }
         info!(stages = tasks.len(), "Pipeline started.");
         Ok(Pipeline { cancel, tasks, stats, kafka, _embedded: embedded })
     }
@@ -140,4 +143,47 @@ fn stage_result(done: Result<(&'static str, anyhow::Result<()>), tokio::task::Jo
         }
         Err(e) => Err(anyhow::anyhow!("a stage panicked: {e}")),
     }
+}
+
+/// One registry and one readiness for the whole process: every stage's metrics, the API
+/// clients of every tenant (each once), one token probe, one Kafka monitor over all groups.
+async fn start_metrics(
+    cfg: &Config,
+    kafka: &KafkaSettings,
+    tenants: &[runtime::TenantRuntime],
+    stats: &PipelineStats,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    use m365_common::metrics::{self, KafkaMonitorSettings};
+    let registry = metrics::new_registry();
+    let readiness = metrics::Readiness::new();
+    let mut monitor = KafkaMonitorSettings::default();
+    if !tenants.is_empty() {
+        m365_producer::metrics::register(&registry, stats.producer.clone())?;
+        m365_consumer::metrics::register(&registry, stats.consumer.clone())?;
+        metrics::register_api(&registry, tenants.iter().map(|t| t.api.clone()).collect())?;
+        let p = stats.producer.clone();
+        readiness.probe("output:producer", move || p.is_output_connected());
+        let c = stats.consumer.clone();
+        readiness.probe("output:consumer", move || c.output_connected.get());
+        metrics::spawn_token_probe(
+            &readiness,
+            tenants.iter().map(|t| t.api.tokens().clone()).collect(),
+            monitor.interval,
+            cancel.clone(),
+        );
+        let settings = m365_consumer::ConsumerSettings::from_config(cfg);
+        monitor.groups.extend(m365_consumer::metrics::watched_groups(&settings, kafka));
+    }
+    if cfg.devo.is_some() {
+        m365_forwarder::metrics::register(&registry, stats.forwarder.clone())?;
+        m365_forwarder::metrics::add_readiness(&readiness, stats.forwarder.clone());
+        let settings = m365_forwarder::ForwarderSettings::from_config(cfg, None)?;
+        monitor.groups.extend(m365_forwarder::metrics::lag_groups(&settings));
+    }
+    readiness.register(&registry)?;
+    metrics::spawn_kafka_monitor(kafka, monitor, &registry, &readiness, cancel.clone())?;
+    let server = metrics::serve(cfg.metrics.listen_address, registry, readiness, cancel.clone()).await?;
+    info!(address = %server.local_addr(), "Serving /metrics, /healthz and /readyz.");
+    Ok(())
 }

@@ -153,11 +153,22 @@ impl KafkaSettings {
         cfg
     }
 
+    /// `read_committed`, except with transactions off, where nothing is transactional and
+    /// `read_uncommitted` reads the same records — and does not depend on the broker's last
+    /// stable offset, which tansu 0.6 (a broker without transactions) reports late, holding
+    /// back the tail of a partition until the next write.
+    pub fn isolation_level(&self) -> &'static str {
+        match self.transactions {
+            TransactionMode::Off => "read_uncommitted",
+            TransactionMode::Auto | TransactionMode::On => "read_committed",
+        }
+    }
+
     /// Configuration of a consumer that reads only committed records.
     pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
         let mut cfg = self.client_config();
         cfg.set("group.id", group_id)
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", self.isolation_level())
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");

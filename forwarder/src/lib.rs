@@ -16,10 +16,12 @@
 //! * [`settings`]: the stage's settings from the configuration, and the output they build.
 //! * [`run`]: the stage loop: consumer group on `m365.events` and `m365.health`, batching
 //!   by size and time, commit after delivery, pause while Devo is away, clean drain.
-//! * Counters of the stage and its output: [`internal_events`].
+//! * Counters of the stage and its output: [`internal_events`]; exported as Prometheus
+//!   metrics with the `output` readiness by [`metrics`].
 
 pub mod framing;
 pub mod internal_events;
+pub mod metrics;
 pub mod output;
 pub mod run;
 pub mod settings;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use m365_common::config::{self, LoadOptions};
-use m365_common::{kafka, runtime, telemetry};
+use m365_common::{kafka, metrics, runtime, telemetry};
 use m365_forwarder::internal_events::ForwarderStats;
 use m365_forwarder::{ForwarderSettings, build_output};
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,23 @@ fn main() -> ExitCode {
         if let Err(e) = kafka::ensure_topics(&kafka_settings).await {
             tracing::warn!(error = %e, "Could not check or create the Kafka topics; consuming anyway.");
         }
+        // Metrics stay up while the forwarder drains, and stop once it has returned.
+        let metrics_cancel = CancellationToken::new();
+        let _stop_metrics = metrics_cancel.clone().drop_guard();
+        if cfg.metrics.enabled
+            && let Err(e) = start_metrics(
+                &cfg.metrics,
+                &stats,
+                &settings,
+                &kafka_settings,
+                &metrics_cancel,
+            )
+            .await
+        {
+            tracing::error!(error = %e, "The metrics endpoint could not start.");
+            eprintln!("m365-forwarder: {e}");
+            return ExitCode::from(1);
+        }
         let cancel = CancellationToken::new();
         tokio::spawn(shutdown_on_signal(cancel.clone()));
         match m365_forwarder::run(settings, kafka_settings, output, stats, cancel).await {
@@ -93,6 +110,30 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Registers the forwarder's metrics and readiness (with the lag of its group on the events
+/// and health topics) and serves them on the configured address.
+async fn start_metrics(
+    settings: &m365_common::config::MetricsSettings,
+    stats: &Arc<ForwarderStats>,
+    forwarder: &ForwarderSettings,
+    kafka: &kafka::KafkaSettings,
+    cancel: &CancellationToken,
+) -> Result<(), metrics::MetricsError> {
+    let registry = metrics::new_registry();
+    let readiness = metrics::Readiness::new();
+    m365_forwarder::metrics::install(
+        &registry,
+        &readiness,
+        Arc::clone(stats),
+        forwarder,
+        kafka,
+        metrics::KafkaMonitorSettings::default(),
+        cancel,
+    )?;
+    metrics::serve(settings.listen_address, registry, readiness, cancel.clone()).await?;
+    Ok(())
 }
 
 /// Cancels on SIGTERM or SIGINT.

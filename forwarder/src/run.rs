@@ -21,11 +21,15 @@
 //! A batch is sealed before a record would push its framed size past `batch_max_bytes`, or
 //! `batch_max_wait` after its first record. At most `max_in_flight` batches are with the
 //! writer at once (the output retries a failed write with backoff until it succeeds). When
-//! a sealed batch cannot be handed over, or the batches held in memory exceed
-//! `max_held_bytes`, every assigned partition is paused; `recv` keeps being polled (it
-//! serves rebalances and returns nothing new) and the partitions resume once there is room.
-//! Memory is thus bounded by the in-flight batches, one open batch and librdkafka's
-//! prefetch (`queued.max.messages.kbytes`, sized from the batch limit unless configured).
+//! `max_in_flight` sealed batches wait for room besides those, or the batches held in
+//! memory exceed `max_held_bytes`, every assigned partition is paused; `recv` keeps being
+//! polled (it serves rebalances and returns nothing new) and the partitions resume once no
+//! sealed batch waits any more. The gap between the two thresholds matters: librdkafka
+//! drops its prefetched records on every pause, so pausing per batch would refetch all the
+//! time. Memory is thus bounded by twice the in-flight batches, one open batch and
+//! librdkafka's prefetch (`queued.max.messages.kbytes`, sized from the batch limit unless
+//! configured; `fetch.queue.backoff.ms` is lowered from librdkafka's 1 s so that a small
+//! prefetch queue is refilled as soon as it is drained instead of a second later).
 //!
 //! # Commits
 //! Slots are committed strictly in the order they were sealed, so a later batch delivered
@@ -77,6 +81,9 @@ use crate::settings::ForwarderSettings;
 
 /// Longest tag accepted from a `tag` header.
 const MAX_TAG_LEN: usize = 256;
+
+/// librdkafka's `fetch.queue.backoff.ms` unless configured (its default is 1000).
+const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 
 /// Distinct tags remembered before the intern table is cleared.
 const MAX_INTERNED_TAGS: usize = 4096;
@@ -346,11 +353,25 @@ impl Batches {
         self.next_seq += 1;
     }
 
-    /// True when sealed batches wait for room or memory is at its limit: pause consumption.
+    /// Sealed batches waiting for room with the writer.
+    fn waiting(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Queued)
+            .count()
+    }
+
+    /// True when a full round of sealed batches waits besides those in flight, or memory is
+    /// at its limit: pause consumption.
     fn blocked(&self) -> bool {
-        let waiting = self.slots.iter().any(|s| s.state == SlotState::Queued);
-        (waiting && self.submitted >= self.settings.max_in_flight)
+        self.waiting() >= self.settings.max_in_flight.max(1)
             || self.held_bytes >= self.settings.max_held_bytes
+    }
+
+    /// True when paused consumption may resume: no sealed batch waits and memory is below
+    /// its limit.
+    fn may_resume(&self) -> bool {
+        self.waiting() == 0 && self.held_bytes < self.settings.max_held_bytes
     }
 
     /// Queued slots to hand to the writer now (in order), marked as submitted.
@@ -612,16 +633,17 @@ pub async fn run(
                 break Ok(());
             }
         } else {
-            let blocked = b.blocked();
-            if blocked && !paused {
-                set_paused(&consumer, true);
-                paused = true;
-                stats.pauses.inc();
-                tracing::info!("Devo is not keeping up; pausing Kafka consumption.");
-            } else if !blocked && paused {
-                set_paused(&consumer, false);
+            // The flag changes only once librdkafka took the change: a resume that failed is
+            // tried again, never left half-done with partitions paused for good.
+            if !paused && b.blocked() {
+                if set_paused(&consumer, true) {
+                    paused = true;
+                    stats.pauses.inc();
+                    tracing::debug!("Batches wait for Devo; pausing Kafka consumption.");
+                }
+            } else if paused && b.may_resume() && set_paused(&consumer, false) {
                 paused = false;
-                tracing::info!("Resuming Kafka consumption.");
+                tracing::debug!("Resuming Kafka consumption.");
             }
         }
         let wake = [b.next_wake(), stop_deadline]
@@ -656,7 +678,8 @@ pub async fn run(
                 Ok(m) => {
                     add_message(&mut b, &topics, &m, &stats);
                     if paused {
-                        // Prefetched or newly assigned: keep everything assigned paused.
+                        // Prefetched, or from a partition assigned since the pause (a new
+                        // assignment starts unpaused): keep everything assigned paused.
                         set_paused(&consumer, true);
                     }
                 }
@@ -725,6 +748,11 @@ fn create_consumer(
         let kb = (settings.batch_max_bytes.saturating_mul(2) / 1024).clamp(1024, 65_536);
         cfg.set("queued.max.messages.kbytes", kb.to_string());
     }
+    if !kafka.properties.contains_key("fetch.queue.backoff.ms") {
+        // librdkafka waits 1 s before refetching a partition whose prefetch queue was full;
+        // with a queue of a few batches that second would be most of the time.
+        cfg.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+    }
     let consumer: GroupConsumer = cfg
         .create_with_context(GroupContext {
             stats: Arc::clone(stats),
@@ -775,26 +803,31 @@ fn add_message(
     );
 }
 
-/// Pauses or resumes every assigned partition. Failures are logged: pausing is an
-/// optimisation of memory, never a condition of correctness.
-fn set_paused(consumer: &GroupConsumer, pause: bool) {
+/// Pauses or resumes every assigned partition; false when librdkafka refused (logged), so
+/// the caller keeps its state and tries again. Pausing is an optimisation of memory, never a
+/// condition of correctness, but a resume that silently failed would stall partitions.
+fn set_paused(consumer: &GroupConsumer, pause: bool) -> bool {
     let assignment = match consumer.assignment() {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(error = %e, "Cannot read the Kafka assignment.");
-            return;
+            return false;
         }
     };
     if assignment.count() == 0 {
-        return;
+        return true;
     }
     let r = if pause {
         consumer.pause(&assignment)
     } else {
         consumer.resume(&assignment)
     };
-    if let Err(e) = r {
-        tracing::debug!(error = %e, pause, "Pausing/resuming Kafka partitions failed.");
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, pause, "Pausing/resuming Kafka partitions failed; trying again.");
+            false
+        }
     }
 }
 
@@ -1006,5 +1039,35 @@ mod tests {
             "its write saw an error"
         );
         assert_eq!(stats.batches_resent.get(), 2);
+    }
+
+    // Proves consumption pauses only once a full round of sealed batches waits besides the
+    // in-flight ones, and resumes only when none waits (no pause/resume per batch).
+    #[test]
+    fn pause_has_hysteresis() {
+        let stats = ForwarderStats::default();
+        let mut b = Batches::new(settings(1, 2));
+        let t0 = Instant::now();
+        let mut n = 0;
+        let mut add = |b: &mut Batches| {
+            b.add(EVENTS, 0, n, Some(b"a"), Some(&rec(n as u32)), t0, &stats);
+            n += 1;
+        };
+        add(&mut b);
+        add(&mut b);
+        assert_eq!(b.take_submittable(t0, CLEAN).len(), 2);
+        add(&mut b);
+        assert!(!b.blocked(), "one batch waiting of two allowed");
+        add(&mut b);
+        assert!(b.blocked(), "a full round waits: pause");
+        b.delivered(0, t0, CLEAN, &stats);
+        assert_eq!(b.take_submittable(t0, CLEAN).len(), 1);
+        assert!(
+            !b.blocked() && !b.may_resume(),
+            "still one waiting: stay paused"
+        );
+        b.delivered(1, t0, CLEAN, &stats);
+        assert_eq!(b.take_submittable(t0, CLEAN).len(), 1);
+        assert!(b.may_resume(), "nothing waits: resume");
     }
 }

@@ -53,8 +53,34 @@ pub fn tag_of(n: usize) -> Option<&'static str> {
 pub async fn populate(settings: &KafkaSettings, events: usize, health: usize) -> Vec<String> {
     let producer: FutureProducer = settings.producer_config().create().expect("producer");
     let topics = settings.topics();
-    let mut ids = Vec::with_capacity(events);
-    for chunk in (0..events).collect::<Vec<_>>().chunks(2000) {
+    let ids = produce_events(&producer, &topics.events, 0..events).await;
+    for n in 0..health {
+        let json = format!(
+            r#"{{"collector_name":"m365-devo","input_name":"office365","service_name":"consumer","level":"info","msg":"heartbeat","job_id":"job-{n}","counters":{{"records_out":{n}}}}}"#
+        );
+        producer
+            .send(
+                FutureRecord::to(&topics.health)
+                    .key("consumer")
+                    .payload(json.as_bytes()),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("health record acknowledged");
+    }
+    ids
+}
+
+/// Produces audit records number `range` to `topic` (tag header, key = Id); returns their
+/// ids once every one is acknowledged.
+pub async fn produce_events(
+    producer: &FutureProducer,
+    topic: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(range.len());
+    for chunk in range.collect::<Vec<_>>().chunks(2000) {
         let mut sends = Vec::new();
         for &n in chunk {
             let (id, json) = record(n);
@@ -70,10 +96,9 @@ pub async fn populate(settings: &KafkaSettings, events: usize, health: usize) ->
                 value: Some("9b1c4d2e-0f3a-4b5c-8d7e-6f5a4b3c2d1e"),
             });
             let p = producer.clone();
-            let topic = topics.events.clone();
             sends.push(async move {
                 p.send(
-                    FutureRecord::to(&topic)
+                    FutureRecord::to(topic)
                         .key(id.as_bytes())
                         .payload(json.as_bytes())
                         .headers(headers),
@@ -86,21 +111,6 @@ pub async fn populate(settings: &KafkaSettings, events: usize, health: usize) ->
         for r in futures::future::join_all(sends).await {
             ids.push(r.map_err(|(e, _)| e).expect("event acknowledged"));
         }
-    }
-    for n in 0..health {
-        let json = format!(
-            r#"{{"collector_name":"m365-devo","input_name":"office365","service_name":"consumer","level":"info","msg":"heartbeat","job_id":"job-{n}","counters":{{"records_out":{n}}}}}"#
-        );
-        producer
-            .send(
-                FutureRecord::to(&topics.health)
-                    .key("consumer")
-                    .payload(json.as_bytes()),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("health record acknowledged");
     }
     ids
 }
