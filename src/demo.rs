@@ -60,7 +60,10 @@ impl Received {
             }
             match record_id(&line.message) {
                 Some(id) => {
-                    let e = self.ids.entry(id).or_insert_with(|| (line.tag.to_string(), 0));
+                    let e = self
+                        .ids
+                        .entry(id)
+                        .or_insert_with(|| (line.tag.to_string(), 0));
                     e.1 += 1;
                 }
                 None => self.unparsable += 1,
@@ -80,12 +83,20 @@ fn record_id(message: &[u8]) -> Option<String> {
 
 /// The records the simulator published in blobs visible before `cutoff`, with their tags
 /// (blob bodies are rendered once and cached by content id).
-fn expected(sim: &Simulator, cutoff: DateTime<Utc>, cache: &mut HashMap<String, Vec<(String, String)>>) -> HashMap<String, String> {
+fn expected(
+    sim: &Simulator,
+    cutoff: DateTime<Utc>,
+    cache: &mut HashMap<String, Vec<(String, String)>>,
+) -> HashMap<String, String> {
     let truth = sim.truth();
     let mut out = HashMap::new();
     for streams in truth.tenants.values() {
         for s in streams.values() {
-            for b in s.blobs.iter().filter(|b| b.published && b.visible_at < cutoff) {
+            for b in s
+                .blobs
+                .iter()
+                .filter(|b| b.published && b.visible_at < cutoff)
+            {
                 let recs = cache.entry(b.content_id.clone()).or_insert_with(|| {
                     sim.blob_records(&b.content_id)
                         .unwrap_or_default()
@@ -93,8 +104,14 @@ fn expected(sim: &Simulator, cutoff: DateTime<Utc>, cache: &mut HashMap<String, 
                         .map(|r| {
                             let workload = serde_json::from_str::<serde_json::Value>(&r.bytes)
                                 .ok()
-                                .and_then(|v| v.get("Workload").and_then(|w| w.as_str()).map(str::to_string));
-                            let tag = workload.map(|w| tag_for_workload(&w)).unwrap_or_else(|| "(no workload)".into());
+                                .and_then(|v| {
+                                    v.get("Workload")
+                                        .and_then(|w| w.as_str())
+                                        .map(str::to_string)
+                                });
+                            let tag = workload
+                                .map(|w| tag_for_workload(&w))
+                                .unwrap_or_else(|| "(no workload)".into());
                             (r.id, tag)
                         })
                         .collect()
@@ -108,7 +125,12 @@ fn expected(sim: &Simulator, cutoff: DateTime<Utc>, cache: &mut HashMap<String, 
     out
 }
 
-fn write_config(dir: &Path, sim: &Simulator, devo: &FakeDevo, pki_dir: &Path) -> anyhow::Result<PathBuf> {
+fn write_config(
+    dir: &Path,
+    sim: &Simulator,
+    devo: &FakeDevo,
+    pki_dir: &Path,
+) -> anyhow::Result<PathBuf> {
     let ca = dir.join("sim-ca.pem");
     std::fs::write(&ca, sim.ca_pem())?;
     let base = sim.base_url().to_string();
@@ -143,11 +165,18 @@ fn write_config(dir: &Path, sim: &Simulator, devo: &FakeDevo, pki_dir: &Path) ->
 
 /// Runs the demo; `Ok(true)` when nothing is missing.
 pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
-    let dir = args.out.clone();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    // Absolute, because the paths written into the config are read relative to the config's
+    // own folder.
+    let dir = std::fs::canonicalize(&args.out)
+        .with_context(|| format!("resolving {}", args.out.display()))?;
     let received_dir = dir.join("received");
     let _ = std::fs::remove_dir_all(&received_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!("m365-devo demo: a simulated tenant, the pipeline on the embedded broker, a fake Devo. Files in {}/", dir.display());
+    eprintln!(
+        "m365-devo demo: a simulated tenant, the pipeline on the embedded broker, a fake Devo. Files in {}/",
+        dir.display()
+    );
 
     let mut sim_cfg = SimConfig::for_tests(&[TENANT]);
     sim_cfg.history_hours = args.hours;
@@ -158,11 +187,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     sim_cfg.faults.duplicate_record_fraction = 0.05;
     sim_cfg.faults.late_blob_fraction = 0.05;
     sim_cfg.faults.late_blob_delay_secs = 8;
-    let sim = Simulator::start(sim_cfg).await.context("starting the simulated tenant")?;
+    let sim = Simulator::start(sim_cfg)
+        .await
+        .context("starting the simulated tenant")?;
 
     let pki = TestPki::generate("m365-devo-demo").context("generating the Devo certificates")?;
     let pki_dir = dir.join("devo-certs");
-    pki.write_to(&pki_dir).context("writing the Devo certificates")?;
+    pki.write_to(&pki_dir)
+        .context("writing the Devo certificates")?;
     let devo = FakeDevo::start(FakeDevoConfig {
         pki: Some(pki),
         tcp_port: None,
@@ -184,8 +216,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} records at Devo {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} records at Devo {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
@@ -201,7 +235,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         // on their way and are counted only if they did.
         let cutoff = sim.now() - chrono::Duration::seconds(10);
         expect = expected(&sim, cutoff, &mut cache);
-        let have = expect.keys().filter(|id| received.ids.contains_key(*id)).count();
+        let have = expect
+            .keys()
+            .filter(|id| received.ids.contains_key(*id))
+            .count();
         if let Some(b) = &bar {
             let st = &pipeline.stats;
             b.set_length(expect.len() as u64);
@@ -222,7 +259,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         }
         // Once complete, keep watching a little longer so late-published blobs (and any
         // duplicate) have time to show.
-        let settled = first_complete.is_some_and(|t| started.elapsed() > t + Duration::from_secs(12));
+        let settled =
+            first_complete.is_some_and(|t| started.elapsed() > t + Duration::from_secs(12));
         if settled || Instant::now() > deadline {
             break;
         }
@@ -251,22 +289,41 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             None => row.2 += 1,
         }
     }
-    let extra: Vec<&String> = received.ids.keys().filter(|id| !expect.contains_key(*id)).collect();
+    let extra: Vec<&String> = received
+        .ids
+        .keys()
+        .filter(|id| !expect.contains_key(*id))
+        .collect();
     let truth = sim.truth();
     let all_published: HashSet<String> = truth.all_published_record_ids().into_iter().collect();
-    let bogus = extra.iter().filter(|id| !all_published.contains(**id)).count();
+    let bogus = extra
+        .iter()
+        .filter(|id| !all_published.contains(**id))
+        .count();
 
     println!();
-    println!("{:<56} {:>8} {:>9} {:>8} {:>11}", "Devo tag", "truth", "received", "missing", "duplicates");
+    println!(
+        "{:<56} {:>8} {:>9} {:>8} {:>11}",
+        "Devo tag", "truth", "received", "missing", "duplicates"
+    );
     let mut tot = (0, 0, 0, 0);
     for (tag, (t, r, m, d)) in &rows {
         println!("{tag:<56} {t:>8} {r:>9} {m:>8} {d:>11}");
         tot = (tot.0 + t, tot.1 + r, tot.2 + m, tot.3 + d);
     }
-    println!("{:<56} {:>8} {:>9} {:>8} {:>11}", "total", tot.0, tot.1, tot.2, tot.3);
+    println!(
+        "{:<56} {:>8} {:>9} {:>8} {:>11}",
+        "total", tot.0, tot.1, tot.2, tot.3
+    );
     println!();
-    println!("newer records that also arrived: {}; records Devo got that the tenant never published: {bogus}", extra.len());
-    println!("gap records (data the API could no longer serve): {gaps}; health lines at Devo ({health_tag}): {}", received.health_lines);
+    println!(
+        "newer records that also arrived: {}; records Devo got that the tenant never published: {bogus}",
+        extra.len()
+    );
+    println!(
+        "gap records (data the API could no longer serve): {gaps}; health lines at Devo ({health_tag}): {}",
+        received.health_lines
+    );
     let secs = elapsed.as_secs_f64().max(0.001);
     println!(
         "throughput: {:.0} records/s end to end ({} records collected, split, deduplicated and delivered in {secs:.1} s)",
@@ -278,10 +335,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     for (step, ids) in &truth.scenario_record_ids {
         let got: Vec<&(String, u32)> = ids.iter().filter_map(|id| received.ids.get(id)).collect();
         let tags: HashSet<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
-        println!("  {step:<28} {}/{} records under {}", got.len(), ids.len(), tags.into_iter().collect::<Vec<_>>().join(", "));
+        println!(
+            "  {step:<28} {}/{} records under {}",
+            got.len(),
+            ids.len(),
+            tags.into_iter().collect::<Vec<_>>().join(", ")
+        );
     }
     println!();
-    println!("Received lines, one file per tag: {}/", received_dir.display());
+    println!(
+        "Received lines, one file per tag: {}/",
+        received_dir.display()
+    );
     if let Err(e) = &pipeline_result {
         println!("The pipeline reported an error while stopping: {e:#}");
     }
@@ -294,16 +359,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 async fn count_gaps(kafka: &m365_common::kafka::KafkaSettings) -> String {
     let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sink = n.clone();
-    let r = m365_common::kafka::scan_topic(kafka, &kafka.topics().health, HashMap::new(), move |rec| {
-        let is_gap = rec
-            .payload
-            .and_then(|p| serde_json::from_slice::<m365_common::health::HealthRecord>(&p).ok())
-            .is_some_and(|h| h.kind == m365_common::health::Kind::Gap);
-        if is_gap {
-            sink.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    })
-    .await;
+    let r =
+        m365_common::kafka::scan_topic(kafka, &kafka.topics().health, HashMap::new(), move |rec| {
+            let is_gap = rec
+                .payload
+                .and_then(|p| serde_json::from_slice::<m365_common::health::HealthRecord>(&p).ok())
+                .is_some_and(|h| h.kind == m365_common::health::Kind::Gap);
+            if is_gap {
+                sink.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .await;
     match r {
         Ok(()) => n.load(std::sync::atomic::Ordering::Relaxed).to_string(),
         Err(e) => format!("unknown ({e})"),
