@@ -143,7 +143,10 @@ async fn forward(
         // check is that no partition's commit stays behind its end.
         for (tp, end) in &ends {
             let c = committed.get(tp).copied().unwrap_or(0);
-            assert!(c >= *end, "a clean stop commits everything delivered: {tp:?} committed {c} < end {end}");
+            assert!(
+                c >= *end,
+                "a clean stop commits everything delivered: {tp:?} committed {c} < end {end}"
+            );
         }
     }
     (devo, stats)

@@ -21,12 +21,19 @@ impl Simulator {
             let st = self.shared.lock();
             let &idx = st.by_id.get(content_id)?;
             let b = &st.blobs[idx];
-            (b.records.clone(), b.ct, self.shared.env.ctxs[b.tenant].clone())
+            (
+                b.records.clone(),
+                b.ct,
+                self.shared.env.ctxs[b.tenant].clone(),
+            )
         };
         Some(
             records
                 .iter()
-                .map(|r| RecordView { id: r.id(), bytes: r.render(&ctx, ct) })
+                .map(|r| RecordView {
+                    id: r.id(),
+                    bytes: r.render(&ctx, ct),
+                })
                 .collect(),
         )
     }

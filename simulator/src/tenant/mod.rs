@@ -54,8 +54,8 @@ pub use config::{
 };
 pub use consent::ConsentGrant;
 pub use faults::{FaultHandle, FaultKind, FaultTarget};
-pub use inspect::RecordView;
 pub use files::FileError;
+pub use inspect::RecordView;
 pub use truth::{
     BlobTruth, Endpoint, RequestLog, RequestSummary, StreamTruth, Truth, Violation, ViolationKind,
 };
