@@ -38,7 +38,8 @@ impl Pipeline {
         let (embedded, kafka) = match &cfg.kafka.bootstrap_servers {
             Some(servers) => (None, runtime::kafka_settings(&cfg.kafka, servers)),
             None => {
-                let broker = EmbeddedBroker::start(1).context("starting the embedded Kafka broker")?;
+                let broker =
+                    EmbeddedBroker::start(1).context("starting the embedded Kafka broker")?;
                 warn!(
                     bootstrap_servers = broker.bootstrap_servers(),
                     "NO KAFKA CONFIGURED: running on the embedded in-memory broker. Nothing survives a restart: cursors, dedup state and undelivered events are lost when this process stops. Set kafka.bootstrap_servers for production."
@@ -53,7 +54,9 @@ impl Pipeline {
                 (Some(broker), k)
             }
         };
-        kafka::ensure_topics(&kafka).await.context("creating the Kafka topics")?;
+        kafka::ensure_topics(&kafka)
+            .await
+            .context("creating the Kafka topics")?;
 
         let tenants = runtime::build_tenants(cfg)?;
         let cancel = CancellationToken::new();
@@ -88,7 +91,13 @@ impl Pipeline {
         if let Some(devo) = &cfg.devo {
             let settings = m365_forwarder::ForwarderSettings::from_config(cfg, None)?;
             let output = m365_forwarder::build_output(devo, Arc::clone(&stats.forwarder.output))?;
-            let fut = m365_forwarder::run(settings, kafka.clone(), output, stats.forwarder.clone(), cancel.clone());
+            let fut = m365_forwarder::run(
+                settings,
+                kafka.clone(),
+                output,
+                stats.forwarder.clone(),
+                cancel.clone(),
+            );
             tasks.spawn(async move { ("forwarder", fut.await.map_err(anyhow::Error::from)) });
         }
         if tasks.is_empty() {
@@ -98,7 +107,13 @@ impl Pipeline {
             start_metrics(cfg, &kafka, &tenants, &stats, &cancel).await?;
         }
         info!(stages = tasks.len(), "Pipeline started.");
-        Ok(Pipeline { cancel, tasks, stats, kafka, _embedded: embedded })
+        Ok(Pipeline {
+            cancel,
+            tasks,
+            stats,
+            kafka,
+            _embedded: embedded,
+        })
     }
 
     /// Waits until a stage stops on its own (an error) or `stop` fires; then stops the rest.
@@ -124,17 +139,19 @@ impl Pipeline {
         self.cancel.cancel();
         let mut result = Ok(());
         while let Some(done) = self.tasks.join_next().await {
-            if let Err(e) = stage_result(done) {
-                if result.is_ok() {
-                    result = Err(e);
-                }
+            if let Err(e) = stage_result(done)
+                && result.is_ok()
+            {
+                result = Err(e);
             }
         }
         result
     }
 }
 
-fn stage_result(done: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>) -> anyhow::Result<()> {
+fn stage_result(
+    done: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Result<()> {
     match done {
         Ok((_, Ok(()))) => Ok(()),
         Ok((stage, Err(e))) => {
@@ -173,17 +190,27 @@ async fn start_metrics(
             cancel.clone(),
         );
         let settings = m365_consumer::ConsumerSettings::from_config(cfg);
-        monitor.groups.extend(m365_consumer::metrics::watched_groups(&settings, kafka));
+        monitor
+            .groups
+            .extend(m365_consumer::metrics::watched_groups(&settings, kafka));
     }
     if cfg.devo.is_some() {
         m365_forwarder::metrics::register(&registry, stats.forwarder.clone())?;
         m365_forwarder::metrics::add_readiness(&readiness, stats.forwarder.clone());
         let settings = m365_forwarder::ForwarderSettings::from_config(cfg, None)?;
-        monitor.groups.extend(m365_forwarder::metrics::lag_groups(&settings));
+        monitor
+            .groups
+            .extend(m365_forwarder::metrics::lag_groups(&settings));
     }
     readiness.register(&registry)?;
     metrics::spawn_kafka_monitor(kafka, monitor, &registry, &readiness, cancel.clone())?;
-    let server = metrics::serve(cfg.metrics.listen_address, registry, readiness, cancel.clone()).await?;
+    let server = metrics::serve(
+        cfg.metrics.listen_address,
+        registry,
+        readiness,
+        cancel.clone(),
+    )
+    .await?;
     info!(address = %server.local_addr(), "Serving /metrics, /healthz and /readyz.");
     Ok(())
 }

@@ -134,7 +134,7 @@ async fn run_on_the_embedded_broker_delivers_and_stops_cleanly() {
     let expected = sim.truth().all_published_record_ids();
     assert!(!expected.is_empty());
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_m365-devo"))
+    let child = Command::new(env!("CARGO_BIN_EXE_m365-devo"))
         .arg("run")
         .arg("--config")
         .arg(&file)
