@@ -31,7 +31,9 @@ enum Command {
     /// Run the producer, the consumer (with uri_retry) and the forwarder in one process. Without
     /// `kafka.bootstrap_servers` they run on an embedded in-memory broker, which keeps nothing
     /// across restarts.
-    #[command(after_help = "Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 a stage failed, 2 invalid configuration.")]
+    #[command(
+        after_help = "Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 a stage failed, 2 invalid configuration."
+    )]
     Run {
         /// Configuration file (JSON or YAML; Devo's collector JSON is accepted as it is).
         #[arg(long, env = "M365_CONFIG")]
@@ -90,8 +92,14 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 file.display(),
                 cfg.tenants().len(),
                 streams,
-                cfg.kafka.bootstrap_servers.as_deref().unwrap_or("embedded broker"),
-                cfg.devo.as_ref().map(|d| d.output.kind()).unwrap_or("none configured"),
+                cfg.kafka
+                    .bootstrap_servers
+                    .as_deref()
+                    .unwrap_or("embedded broker"),
+                cfg.devo
+                    .as_ref()
+                    .map(|d| d.output.kind())
+                    .unwrap_or("none configured"),
             );
             ExitCode::SUCCESS
         }
@@ -124,7 +132,9 @@ fn run(file: &std::path::Path) -> ExitCode {
     for w in &cfg.warnings {
         tracing::warn!(warning = %w, "Configuration warning.");
     }
-    let Some(rt) = runtime() else { return ExitCode::from(1) };
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
     rt.block_on(async move {
         let pipeline = match pipeline::Pipeline::start(&cfg).await {
             Ok(p) => p,
@@ -147,7 +157,9 @@ fn run(file: &std::path::Path) -> ExitCode {
 
 fn demo_main(args: demo::DemoArgs) -> ExitCode {
     m365_common::telemetry::init_logging("error", false);
-    let Some(rt) = runtime() else { return ExitCode::from(1) };
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
     match rt.block_on(demo::run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

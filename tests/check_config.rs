@@ -14,11 +14,19 @@ fn run(file: &std::path::Path) -> std::process::Output {
 // Devo's collector parameters, unchanged, are a valid configuration.
 #[test]
 fn devo_template_is_valid() {
-    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/devo-template.json");
+    let template =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/devo-template.json");
     let out = run(&template);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("valid") && stdout.contains("5 stream(s)"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("valid") && stdout.contains("5 stream(s)"),
+        "{stdout}"
+    );
 }
 
 // Several mistakes at once are all reported with their key paths; the secret is not echoed.
@@ -45,5 +53,8 @@ fn broken_config_names_every_key_path() {
     ] {
         assert!(stderr.contains(path), "{path} not named in:\n{stderr}");
     }
-    assert!(!stderr.contains("s3cr3t-VALUE-xyz"), "the secret was echoed:\n{stderr}");
+    assert!(
+        !stderr.contains("s3cr3t-VALUE-xyz"),
+        "the secret was echoed:\n{stderr}"
+    );
 }

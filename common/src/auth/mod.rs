@@ -33,6 +33,10 @@ use assertion::AssertionSigner;
 /// Refresh a cached token when less than this remains (Microsoft's advice: 5 minutes).
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
+/// Longest lifetime taken from a token answer's `expires_in` (Entra issues 60–90 minutes, at
+/// most about a day with continuous access evaluation); a longer claim is cut to this.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Largest token-endpoint answer we read (a real one is a few kilobytes).
 const MAX_TOKEN_RESPONSE_BYTES: usize = 256 * 1024;
 
@@ -457,7 +461,9 @@ impl TokenClient {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| invalid("no access_token"))?;
         let expires_in = parsed.expires_in.ok_or_else(|| invalid("no expires_in"))?;
-        let lifetime = Duration::from_secs(expires_in);
+        // Clamped: a huge `expires_in` would overflow the expiry instants (and a token is
+        // never valid that long); refreshing earlier than announced is always safe.
+        let lifetime = Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME);
         let roles = decode_roles(&access_token);
         let serial = self.fetched.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(tenant = %self.tenant, expires_in, roles = ?roles, "Fetched an access token.");

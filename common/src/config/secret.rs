@@ -157,7 +157,13 @@ impl<'de> Visitor<'de> for SourceVisitor {
             found = Some(match key.as_str() {
                 "env" => Sourced::Env(map.next_value()?),
                 "file" => Sourced::File(map.next_value()?),
-                other => return Err(de::Error::unknown_field(other, &["env", "file"])),
+                // The key is not echoed: a secret mistyped as a YAML flow map (`{s3cret}`)
+                // arrives here as the key.
+                _ => {
+                    return Err(de::Error::custom(
+                        "a secret reference takes the key `env` or `file` (the key given is not shown, as it may be the secret itself)",
+                    ));
+                }
             });
         }
         found.ok_or_else(|| {
