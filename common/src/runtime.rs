@@ -123,3 +123,30 @@ pub fn kafka_settings(cfg: &config::KafkaSettings, bootstrap_servers: &str) -> K
         embedded: None,
     }
 }
+
+/// What a separate stage binary builds from its configuration file before it starts.
+pub struct StageSetup {
+    pub config: Config,
+    pub tenants: Vec<TenantRuntime>,
+    pub kafka: KafkaSettings,
+}
+
+/// Loads `path`, starts logging as it says, requires `kafka.bootstrap_servers` (only
+/// `m365-devo` has an embedded broker) and builds every tenant's API client. An `Err` is the
+/// message to print before exiting with code 2 (invalid configuration).
+pub fn stage_setup(path: &std::path::Path, binary: &str) -> Result<StageSetup, String> {
+    let config = config::load(path).map_err(|e| e.to_string())?;
+    crate::telemetry::init_logging(&config.logging.level, config.logging.json);
+    let Some(bootstrap) = config.kafka.bootstrap_servers.clone() else {
+        return Err(format!(
+            "kafka.bootstrap_servers: expected the Kafka brokers for {binary}, e.g. \"kafka-1:9092,kafka-2:9092\" (m365-devo runs an embedded broker when none is given; the separate binaries need a real one)"
+        ));
+    };
+    let tenants = build_tenants(&config).map_err(|e| e.to_string())?;
+    let kafka = kafka_settings(&config.kafka, &bootstrap);
+    Ok(StageSetup {
+        config,
+        tenants,
+        kafka,
+    })
+}

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use m365_common::{config, metrics, runtime, telemetry};
+use m365_common::{metrics, runtime};
 use m365_consumer::ConsumerSettings;
 use m365_consumer::internal_events::ConsumerStats;
 use m365_consumer::settings::tenants_from_runtime;
@@ -43,28 +43,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
+    let runtime::StageSetup {
+        config: cfg,
+        tenants,
+        kafka,
+    } = match runtime::stage_setup(&args.config, "m365-consumer") {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("{message}");
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(&cfg.logging.level, cfg.logging.json);
-    let Some(bootstrap) = cfg.kafka.bootstrap_servers.clone() else {
-        eprintln!(
-            "kafka.bootstrap_servers: expected the Kafka brokers for m365-consumer, e.g. \"kafka-1:9092,kafka-2:9092\" (m365-devo runs an embedded broker when none is given; the separate binaries need a real one)"
-        );
-        return ExitCode::from(2);
-    };
-    let tenants = match runtime::build_tenants(&cfg) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let kafka = runtime::kafka_settings(&cfg.kafka, &bootstrap);
     let mut settings = ConsumerSettings::from_config(&cfg);
     settings.instance_id = args.instance_id;
     settings.session_timeout = std::time::Duration::from_millis(args.session_timeout_ms);

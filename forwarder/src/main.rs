@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
         let cancel = CancellationToken::new();
-        tokio::spawn(shutdown_on_signal(cancel.clone()));
+        tokio::spawn(m365_common::telemetry::cancel_on_signal(cancel.clone()));
         match m365_forwarder::run(settings, kafka_settings, output, stats, cancel).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -134,23 +134,4 @@ async fn start_metrics(
     )?;
     metrics::serve(settings.listen_address, registry, readiness, cancel.clone()).await?;
     Ok(())
-}
-
-/// Cancels on SIGTERM or SIGINT.
-async fn shutdown_on_signal(cancel: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the forwarder cleanly.");
-            let _ = tokio::signal::ctrl_c().await;
-            cancel.cancel();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("Shutdown requested; delivering and committing the batches in flight.");
-    cancel.cancel();
 }

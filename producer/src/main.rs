@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use m365_common::{config, metrics, runtime, telemetry};
+use m365_common::{metrics, runtime};
 use m365_producer::internal_events::ProducerStats;
 use m365_producer::{ProducerSettings, run::tenants_from_runtime};
 use tokio_util::sync::CancellationToken;
@@ -26,28 +26,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
+    let runtime::StageSetup {
+        config: cfg,
+        tenants,
+        kafka,
+    } = match runtime::stage_setup(&args.config, "m365-producer") {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("{message}");
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(&cfg.logging.level, cfg.logging.json);
-    let Some(bootstrap) = cfg.kafka.bootstrap_servers.clone() else {
-        eprintln!(
-            "kafka.bootstrap_servers: expected the Kafka brokers for m365-producer, e.g. \"kafka-1:9092,kafka-2:9092\" (m365-devo runs an embedded broker when none is given; the separate binaries need a real one)"
-        );
-        return ExitCode::from(2);
-    };
-    let tenants = match runtime::build_tenants(&cfg) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let kafka = runtime::kafka_settings(&cfg.kafka, &bootstrap);
     let mut settings = ProducerSettings::from_config(&cfg);
     settings.instance_id = args.instance_id;
 
