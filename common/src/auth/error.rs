@@ -84,8 +84,9 @@ pub enum AuthError {
     },
     /// Entra rejected the request with an OAuth error body or an error status.
     #[error(
-        "Token endpoint {url} refused tenant {tenant}: HTTP {status} {error}{code}: {description}",
-        code = fmt_code(*.aadsts)
+        "Token endpoint {url} refused tenant {tenant}: HTTP {status} {error}{code}: {tidy}",
+        code = fmt_code(*.aadsts),
+        tidy = tidy_description(*.aadsts, description)
     )]
     Rejected {
         /// Tenant the token was for.
@@ -130,6 +131,24 @@ pub enum AuthError {
 
 fn fmt_code(code: Option<u32>) -> String {
     code.map(|c| format!(" AADSTS{c}")).unwrap_or_default()
+}
+
+/// Entra's `error_description` for a log line: without the `AADSTSnnnn: ` prefix the message
+/// already shows (it repeats the code), and on one line (Entra appends `Trace ID`,
+/// `Correlation ID` and `Timestamp` on lines of their own).
+fn tidy_description(code: Option<u32>, description: &str) -> String {
+    let mut text = description.trim();
+    if let Some(c) = code {
+        let prefix = format!("AADSTS{c}:");
+        if let Some(rest) = text.strip_prefix(prefix.as_str()) {
+            text = rest.trim_start();
+        }
+    }
+    text.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl AuthError {
@@ -198,6 +217,28 @@ pub(crate) fn extract_aadsts(error_codes: &[u32], description: &str) -> Option<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Proves the message names the AADSTS code once and stays on one line.
+    #[test]
+    fn rejected_message_is_one_line_with_the_code_once() {
+        let e = AuthError::Rejected {
+            tenant: "t1".into(),
+            url: "https://login.example/t1/oauth2/token".into(),
+            status: 401,
+            error: "invalid_client".into(),
+            aadsts: Some(700_027),
+            description: "AADSTS700027: Client assertion failed signature validation.\r\nTrace ID: abc\r\nCorrelation ID: def\r\nTimestamp: 2026-11-28 00:00:00Z".into(),
+            class: TokenErrorClass::Fatal,
+            retry_after: None,
+        };
+        let text = e.to_string();
+        assert_eq!(text.matches("AADSTS700027").count(), 1, "{text}");
+        assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
+        assert!(
+            text.ends_with("AADSTS700027: Client assertion failed signature validation.; Trace ID: abc; Correlation ID: def; Timestamp: 2026-11-28 00:00:00Z"),
+            "{text}"
+        );
+    }
 
     // Proves the documented AADSTS codes land in the documented classes.
     #[test]
