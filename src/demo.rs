@@ -348,7 +348,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         received_dir.display()
     );
     if let Err(e) = &pipeline_result {
-        println!("The pipeline reported an error while stopping: {e:#}");
+        println!(
+            "The pipeline reported an error while stopping: {}",
+            m365_common::telemetry::error_chain(e.as_ref())
+        );
     }
     devo.shutdown().await;
     sim.shutdown().await;

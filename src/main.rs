@@ -139,7 +139,10 @@ fn run(file: &std::path::Path) -> ExitCode {
         let pipeline = match pipeline::Pipeline::start(&cfg).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("m365-devo: {e:#}");
+                eprintln!(
+                    "m365-devo: {}",
+                    m365_common::telemetry::error_chain(e.as_ref())
+                );
                 return ExitCode::from(1);
             }
         };
@@ -148,7 +151,10 @@ fn run(file: &std::path::Path) -> ExitCode {
         match pipeline.run_until(stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("m365-devo: {e:#}");
+                eprintln!(
+                    "m365-devo: {}",
+                    m365_common::telemetry::error_chain(e.as_ref())
+                );
                 ExitCode::from(1)
             }
         }
@@ -164,7 +170,10 @@ fn demo_main(args: demo::DemoArgs) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("m365-devo demo: {e:#}");
+            eprintln!(
+                "m365-devo demo: {}",
+                m365_common::telemetry::error_chain(e.as_ref())
+            );
             ExitCode::from(1)
         }
     }

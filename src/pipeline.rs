@@ -155,7 +155,7 @@ fn stage_result(
     match done {
         Ok((_, Ok(()))) => Ok(()),
         Ok((stage, Err(e))) => {
-            error!(stage, error = %format!("{e:#}"), "A stage failed.");
+            error!(stage, error = %m365_common::telemetry::error_chain(e.as_ref()), "A stage failed.");
             Err(e.context(format!("the {stage} stage failed")))
         }
         Err(e) => Err(anyhow::anyhow!("a stage panicked: {e}")),

@@ -33,3 +33,50 @@ pub async fn cancel_on_signal(cancel: tokio_util::sync::CancellationToken) {
     tracing::info!("Shutdown requested; finishing the work in flight.");
     cancel.cancel();
 }
+
+/// An error and its causes on one line, `outer: cause: root`, leaving out a cause whose text
+/// the line already holds: many errors here (ours and librdkafka's) repeat their source in
+/// their own message, and `{:#}` would print it twice.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {source}")]
+    struct Repeats {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Quiet {
+        source: std::io::Error,
+    }
+
+    // Proves a cause already in the message is not repeated, and one that is not is added.
+    #[test]
+    fn causes_appear_once() {
+        let e = Repeats {
+            source: std::io::Error::other("disk gone"),
+        };
+        assert_eq!(error_chain(&e), "outer: disk gone");
+        let e = Quiet {
+            source: std::io::Error::other("disk gone"),
+        };
+        assert_eq!(error_chain(&e), "outer: disk gone");
+    }
+}
