@@ -68,7 +68,11 @@ impl Pipeline {
         };
 
         if !tenants.is_empty() {
-            let settings = m365_producer::ProducerSettings::from_config(cfg);
+            let mut settings = m365_producer::ProducerSettings::from_config(cfg);
+            if embedded.is_some() {
+                // Nobody else can reach the in-process broker: no instance to share with.
+                settings.coordination = m365_producer::Coordination::None;
+            }
             let fut = m365_producer::run(
                 settings,
                 kafka.clone(),

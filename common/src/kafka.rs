@@ -23,6 +23,10 @@ use tracing::{info, warn};
 /// How long a blocking Kafka call (metadata, transaction control) may take.
 pub const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default partition count of the producers' coordination topic `<prefix>.streams` (its
+/// partitions are the "stream slots" producer instances share).
+pub const STREAM_SLOTS: i32 = 12;
+
 /// Errors of the Kafka glue. They carry the topic or operation, never a property value (those
 /// may hold SASL passwords).
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +192,10 @@ pub struct Topics {
     /// Where the transaction probe writes (one partition nobody reads): on a broker that
     /// accepts a transaction but cannot end it, only this topic is left with it open.
     pub txn_probe: String,
+    /// The producers' coordination topic: never written; its partitions are the "stream
+    /// slots" the producer instances share through a consumer group (see
+    /// [`ensure_streams_topic`]). Not in [`Topics::all`]: only the producer creates it.
+    pub streams: String,
 }
 
 impl Topics {
@@ -200,6 +208,7 @@ impl Topics {
             state: format!("{prefix}.state"),
             health: format!("{prefix}.health"),
             txn_probe: format!("{prefix}.txn-probe"),
+            streams: format!("{prefix}.streams"),
         }
     }
 
@@ -220,11 +229,16 @@ impl Topics {
 /// Creates every topic that does not exist yet, with the configured partitions and the right
 /// cleanup policy (`compact` for the state topic, `delete` with 8 days' retention for the rest,
 /// so a URI outlives its blob). Existing topics are left as they are.
+///
+/// On the embedded broker the producers' coordination topic is created too (with
+/// [`STREAM_SLOTS`] partitions), since only the process owning the embedded broker can create
+/// topics on it; elsewhere the producer creates it itself ([`ensure_streams_topic`]).
 pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaGlueError> {
     if let Some(embedded) = &settings.embedded {
         for (name, _) in settings.topics().all() {
             embedded.create(name, settings.partitions)?;
         }
+        embedded.create(&settings.topics().streams, STREAM_SLOTS)?;
         return Ok(());
     }
     let topics = settings.topics();
@@ -320,6 +334,76 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaGlueErro
     })
     .await
     .map_err(|e| KafkaGlueError::Join(e.to_string()))?
+}
+
+/// Creates the producers' coordination topic `<prefix>.streams` with `partitions` partitions
+/// when it does not exist yet (nothing is ever written to it: short retention, `delete`
+/// policy), and returns the partition count it has — an existing topic keeps its own count,
+/// which is the one every producer instance must use.
+pub async fn ensure_streams_topic(
+    settings: &KafkaSettings,
+    partitions: i32,
+) -> Result<i32, KafkaGlueError> {
+    let name = settings.topics().streams;
+    let count = |s: KafkaSettings, n: String| async move {
+        tokio::task::spawn_blocking(move || partition_count(&s, &n))
+            .await
+            .map_err(|e| KafkaGlueError::Join(e.to_string()))?
+    };
+    if let Some(embedded) = &settings.embedded {
+        embedded.create(&name, partitions)?;
+    } else if count(settings.clone(), name.clone()).await.unwrap_or(0) == 0 {
+        let admin: AdminClient<DefaultClientContext> =
+            settings
+                .client_config()
+                .create()
+                .map_err(|source| KafkaGlueError::Client {
+                    what: "admin",
+                    source,
+                })?;
+        let topic = NewTopic::new(
+            &name,
+            partitions,
+            TopicReplication::Fixed(settings.replication_factor),
+        )
+        .set("cleanup.policy", "delete")
+        .set("retention.ms", "3600000");
+        let opts = AdminOptions::new().operation_timeout(Some(KAFKA_CALL_TIMEOUT));
+        let results = admin
+            .create_topics([&topic], &opts)
+            .await
+            .map_err(|source| KafkaGlueError::CreateTopic {
+                topic: name.clone(),
+                source,
+            })?;
+        for r in results {
+            match r {
+                Ok(t) => info!(topic = %t, "Created Kafka topic."),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaGlueError::CreateTopic {
+                        topic,
+                        source: KafkaError::AdminOp(code),
+                    });
+                }
+            }
+        }
+    }
+    // Wait until the metadata shows the partitions, so the group's first assignment sees them.
+    let deadline = std::time::Instant::now() + KAFKA_CALL_TIMEOUT;
+    loop {
+        match count(settings.clone(), name.clone()).await {
+            Ok(c) if c > 0 => return Ok(c),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e),
+            _ if std::time::Instant::now() > deadline => {
+                return Err(KafkaGlueError::Metadata {
+                    topic: name,
+                    source: KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition),
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// The topics of `topics` the broker does not have yet (so that a deployment whose Kafka

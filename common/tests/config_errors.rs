@@ -217,6 +217,31 @@ fn bad_kafka_section() {
     );
 }
 
+// Producer coordination: an unknown mode, a session too short and a heartbeat over a third
+// of the session each name their key.
+#[test]
+fn bad_producer_coordination() {
+    let e = rejected(
+        &format!(
+            r#"{{"tenants":[{}],"producer":{{"coordination":"sometimes","group_session_timeout_ms":500}}}}"#,
+            tenant("")
+        ),
+        Format::Json,
+    );
+    assert_paths(
+        &e,
+        &["producer.coordination", "producer.group_session_timeout_ms"],
+    );
+    let e = rejected(
+        &format!(
+            r#"{{"tenants":[{}],"producer":{{"group_session_timeout_ms":6000,"group_heartbeat_interval_ms":3000}}}}"#,
+            tenant("")
+        ),
+        Format::Json,
+    );
+    assert_paths(&e, &["producer.group_heartbeat_interval_ms"]);
+}
+
 // Duplicate tenant ids (any case) between Devo's block and `tenants` name both places.
 #[test]
 fn duplicate_tenant_ids() {

@@ -29,6 +29,9 @@ for suffix in uris uris.retry uris.dead events health; do
 done
 # Cursors, ledgers and dedup snapshots: the latest value per key is the state.
 create "$prefix.state" "$partitions" --config cleanup.policy=compact
+# Producer coordination: nothing is written; its partitions are the stream slots that the
+# group `<prefix>-producer` divides among producer instances (12, as the producer creates it).
+create "$prefix.streams" 12 --config cleanup.policy=delete --config "retention.ms=$retention_ms"
 # Written only by the transaction probe, read by nobody.
 create "$prefix.txn-probe" 1 --config cleanup.policy=delete --config "retention.ms=$retention_ms"
 

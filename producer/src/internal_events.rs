@@ -44,7 +44,8 @@ pub struct ProducerStats {
     pub tick_errors: Counter,
     /// Subscriptions started (or found already enabled).
     pub subscriptions_started: Counter,
-    /// Each stream's cursor, set when its task starts and after every commit.
+    /// Each stream's cursor, set when its task starts and after every commit, removed when
+    /// the stream moves to another instance.
     pub streams: StreamPositions,
     /// True while the producer's Kafka committer is connected (readiness `output`).
     pub output_connected: AtomicBool,
@@ -93,6 +94,12 @@ impl StreamPositions {
     pub fn set(&self, id: &StreamId, cursor: DateTime<Utc>, skew: Duration) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         m.insert(id.clone(), StreamPosition { cursor, skew });
+    }
+
+    /// Forgets `id` (its stream now runs elsewhere, so its cursor is not ours to export).
+    pub fn remove(&self, id: &StreamId) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(id);
     }
 
     /// Where `id` stands, if its task has started.

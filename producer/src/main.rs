@@ -4,11 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use m365_common::{metrics, runtime};
 use m365_producer::internal_events::ProducerStats;
-use m365_producer::{ProducerSettings, run::tenants_from_runtime};
+use m365_producer::{Coordination, ProducerSettings, run::tenants_from_runtime};
 use tokio_util::sync::CancellationToken;
 
 /// Lists Microsoft 365 audit content into Kafka (topic `<prefix>.uris`).
@@ -18,10 +19,27 @@ struct Args {
     /// Configuration file (JSON or YAML; Devo's collector JSON is accepted as it is).
     #[arg(short, long, env = "M365_CONFIG")]
     config: PathBuf,
-    /// Names this instance (part of its Kafka transactional id). Two instances with the same
-    /// id fence each other.
+    /// Names this instance in logs and health records (and, with `--coordination none`, its
+    /// Kafka transactional id: two such instances with the same id fence each other).
     #[arg(long, env = "M365_PRODUCER_INSTANCE", default_value = "0")]
     instance_id: String,
+    /// `group`: share the streams with every other instance of this configuration (each
+    /// stream runs on exactly one). `none`: run every stream here, alone.
+    /// Overrides `producer.coordination` of the configuration (default `group`).
+    #[arg(long, env = "M365_PRODUCER_COORDINATION")]
+    coordination: Option<Coordination>,
+    /// Group session timeout: a killed instance's streams move after about this long.
+    /// Overrides `producer.group_session_timeout_ms` (default 10000).
+    #[arg(long, env = "M365_PRODUCER_GROUP_SESSION_TIMEOUT_MS")]
+    group_session_timeout_ms: Option<u64>,
+    /// Group heartbeat interval, at most a third of the session timeout.
+    /// Overrides `producer.group_heartbeat_interval_ms` (default 3000).
+    #[arg(long, env = "M365_PRODUCER_GROUP_HEARTBEAT_INTERVAL_MS")]
+    group_heartbeat_interval_ms: Option<u64>,
+    /// Partitions of `<prefix>.streams` if this instance creates it (an existing topic keeps
+    /// its count).
+    #[arg(long, env = "M365_PRODUCER_STREAM_SLOTS", default_value_t = 12)]
+    stream_slots: i32,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +57,20 @@ fn main() -> ExitCode {
     };
     let mut settings = ProducerSettings::from_config(&cfg);
     settings.instance_id = args.instance_id;
+    if let Some(c) = args.coordination {
+        settings.coordination = c;
+    }
+    if let Some(ms) = args.group_session_timeout_ms {
+        settings.group_session_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.group_heartbeat_interval_ms {
+        settings.group_heartbeat_interval = Duration::from_millis(ms);
+    }
+    settings.stream_slots = args.stream_slots;
+    if let Err(e) = settings.validate() {
+        eprintln!("invalid producer option: {e}");
+        return ExitCode::from(2);
+    }
 
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -1,5 +1,9 @@
 //! One stream's work: list windows of at most 24 h from its cursor, emit the blobs not yet in
 //! its ledger, and advance the cursor only once Kafka holds the URIs (design.md §4).
+//!
+//! A stream can be asked to stop (shutdown, or its slot moving to another instance): a
+//! listing in progress is abandoned, but a commit in progress is always finished first, so
+//! once the stream's task has ended nothing more of it can reach Kafka from this process.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,6 +14,7 @@ use m365_common::envelope::UriMessage;
 use m365_common::health::{Gap, HealthRecord};
 use m365_common::kafka::{Committer, KafkaGlueError, OutRecord, Topics};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::internal_events::ProducerStats;
@@ -28,6 +33,9 @@ pub enum TickError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Kafka(#[from] KafkaGlueError),
+    /// The stream was asked to stop while it was listing; nothing was committed.
+    #[error("the stream was stopped")]
+    Stopped,
 }
 
 /// Shared by every stream of a producer process.
@@ -66,7 +74,13 @@ impl Stream {
     /// Lists the next window and commits what it found. The window is
     /// `[cursor, min(cursor + 24h, now − settle))` with `cursor` clamped to the 7-day horizon;
     /// a clamp emits a gap record in the same commit.
-    pub async fn step(&mut self, shared: &Shared) -> Result<Step, TickError> {
+    ///
+    /// `stop` abandons the listing (with [`TickError::Stopped`]), never a commit under way.
+    pub async fn step(
+        &mut self,
+        shared: &Shared,
+        stop: &CancellationToken,
+    ) -> Result<Step, TickError> {
         let now = self.api.server_now();
         let horizon = whole_seconds(now - API_HORIZON + shared.settings.horizon_margin);
         let mut start = self.cursor;
@@ -90,10 +104,7 @@ impl Stream {
             }
             return Ok(Step::CaughtUp);
         }
-        let blobs = self
-            .api
-            .list_content(&self.id.content_type, start, end)
-            .await?;
+        let blobs = self.list(start, end, stop).await?;
         shared.stats.windows_listed.inc();
         let emitted = self.emit_new(shared, blobs, end, gap).await?;
         Ok(Step::Advanced { emitted })
@@ -101,17 +112,18 @@ impl Stream {
 
     /// Re-lists the trailing sweep horizon (behind the cursor) to catch blobs published late;
     /// the ledger keeps what was already emitted from going out twice.
-    pub async fn sweep(&mut self, shared: &Shared) -> Result<usize, TickError> {
+    pub async fn sweep(
+        &mut self,
+        shared: &Shared,
+        stop: &CancellationToken,
+    ) -> Result<usize, TickError> {
         let now = self.api.server_now();
         let horizon = whole_seconds(now - API_HORIZON + shared.settings.horizon_margin);
         let mut start = whole_seconds((self.cursor - shared.settings.sweep_horizon).max(horizon));
         let mut total = 0;
         while start < self.cursor {
             let end = (start + MAX_WINDOW).min(self.cursor);
-            let blobs = self
-                .api
-                .list_content(&self.id.content_type, start, end)
-                .await?;
+            let blobs = self.list(start, end, stop).await?;
             shared.stats.windows_listed.inc();
             let cursor = self.cursor;
             let n = self.emit_new(shared, blobs, cursor, None).await?;
@@ -124,6 +136,20 @@ impl Stream {
         }
         self.last_sweep = Some(now);
         Ok(total)
+    }
+
+    /// Lists one window, unless `stop` fires first.
+    async fn list(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        stop: &CancellationToken,
+    ) -> Result<Vec<ContentBlob>, TickError> {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Err(TickError::Stopped),
+            r = self.api.list_content(&self.id.content_type, start, end) => Ok(r?),
+        }
     }
 
     async fn emit_new(

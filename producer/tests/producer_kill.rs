@@ -36,6 +36,14 @@ fn write_config(dir: &std::path::Path, sim: &Simulator, broker: &TestBroker) -> 
         TransactionMode::On => "on",
         TransactionMode::Auto => "auto",
     };
+    // The group hand-over is covered by producer_group.rs. tansu 0.6 does not elect a new
+    // group leader after the leader dies (the producer works around it by rejoining after
+    // three session timeouts, ~30 s), which six restarts in a row would turn into minutes of
+    // nothing listed; on the real broker this test is about crash exactness, run alone.
+    let coordination = match broker.kind {
+        BrokerKind::Real => "none",
+        BrokerKind::Embedded => "group",
+    };
     let cfg = serde_json::json!({
         "tenants": tenants,
         "kafka": {
@@ -45,8 +53,13 @@ fn write_config(dir: &std::path::Path, sim: &Simulator, broker: &TestBroker) -> 
             "replication_factor": 1,
             "transactions": transactions,
         },
-        "producer": {"poll_interval_secs": 1, "settle_secs": 1, "sweep_interval_secs": 2, "sweep_horizon_hours": 24},
+        "producer": {
+            "poll_interval_secs": 1, "settle_secs": 1, "sweep_interval_secs": 2, "sweep_horizon_hours": 24,
+            "coordination": coordination,
+        },
         "logging": {"level": "warn"},
+        // Both tests of this file run at once: each process on a loopback port of its own.
+        "metrics": {"enabled": true, "listen_address": "127.0.0.1:0"},
     });
     let path = dir.join("producer.json");
     std::fs::write(

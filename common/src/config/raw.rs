@@ -376,6 +376,14 @@ pub struct RawProducer {
     pub sweep_interval_secs: Option<i64>,
     /// Seconds to wait before restarting a subscription again (default 900).
     pub subscription_restart_cooldown_secs: Option<i64>,
+    /// `group` (default): instances of one configuration share the streams, one owner each;
+    /// `none`: this instance runs every stream alone.
+    pub coordination: Option<String>,
+    /// Producer-group session timeout, ms (default 10000): a dead instance's streams move
+    /// after about this long.
+    pub group_session_timeout_ms: Option<i64>,
+    /// Producer-group heartbeat interval, ms (default 3000; at most a third of the session).
+    pub group_heartbeat_interval_ms: Option<i64>,
 }
 
 /// `consumer`.

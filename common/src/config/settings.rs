@@ -476,6 +476,23 @@ pub struct ProducerSettings {
     pub sweep_interval_secs: u64,
     /// Seconds before restarting a subscription again.
     pub subscription_restart_cooldown_secs: u64,
+    /// Whether instances share the streams through a Kafka group.
+    pub coordination: ProducerCoordination,
+    /// Producer-group session timeout, ms.
+    pub group_session_timeout_ms: u64,
+    /// Producer-group heartbeat interval, ms.
+    pub group_heartbeat_interval_ms: u64,
+}
+
+/// How producer instances divide the streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProducerCoordination {
+    /// Every instance of the configuration joins `<prefix>-producer`; each stream runs on
+    /// exactly one of them.
+    #[default]
+    Group,
+    /// This instance runs every stream (one instance only).
+    None,
 }
 
 impl ProducerSettings {

@@ -1477,6 +1477,22 @@ impl Checker<'_> {
     fn producer(&mut self, raw: Option<&RawProducer>) -> ProducerSettings {
         let empty = RawProducer::default();
         let p = raw.unwrap_or(&empty);
+        let session_ms = self.int(
+            "producer.group_session_timeout_ms",
+            p.group_session_timeout_ms,
+            10_000,
+            1_000,
+            300_000,
+            "10000",
+        );
+        let heartbeat_ms = self.int(
+            "producer.group_heartbeat_interval_ms",
+            p.group_heartbeat_interval_ms,
+            3_000.min(session_ms / 3),
+            100,
+            session_ms / 3,
+            "3000",
+        );
         ProducerSettings {
             poll_interval_secs: self.int(
                 "producer.poll_interval_secs",
@@ -1512,6 +1528,21 @@ impl Checker<'_> {
                 86_400,
                 "900",
             ) as u64,
+            coordination: match p.coordination.as_deref() {
+                None | Some("group") => ProducerCoordination::Group,
+                Some("none") => ProducerCoordination::None,
+                Some(_) => {
+                    self.err(
+                        "producer.coordination",
+                        "unknown value",
+                        "group or none",
+                        "\"group\"",
+                    );
+                    ProducerCoordination::Group
+                }
+            },
+            group_session_timeout_ms: session_ms as u64,
+            group_heartbeat_interval_ms: heartbeat_ms as u64,
         }
     }
 
