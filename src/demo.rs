@@ -40,6 +40,13 @@ pub struct DemoArgs {
     /// Give up waiting for missing records after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// Stop the fake Devo's listeners this many seconds right after the start, to watch the
+    /// pipeline hold its backlog and catch up (0: no outage).
+    #[arg(long, default_value_t = 0)]
+    pub devo_outage_secs: u64,
+    /// Partitions per topic of the embedded broker.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: u32,
 }
 
 /// What arrived at Devo for one record id.
@@ -130,6 +137,7 @@ fn write_config(
     sim: &Simulator,
     devo: &FakeDevo,
     pki_dir: &Path,
+    partitions: u32,
 ) -> anyhow::Result<PathBuf> {
     let ca = dir.join("sim-ca.pem");
     std::fs::write(&ca, sim.ca_pem())?;
@@ -154,6 +162,7 @@ fn write_config(
             "chain_file": pki_dir.join("ca.pem"),
             "batch_max_wait_ms": 200,
         },
+        "kafka": {"partitions": partitions},
         "producer": {"poll_interval_secs": 2, "settle_secs": 1, "sweep_interval_secs": 5},
         "metrics": {"enabled": false},
         "logging": {"level": "warn"},
@@ -206,12 +215,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     .await
     .context("starting the fake Devo")?;
 
-    let config_path = write_config(&dir, &sim, &devo, &pki_dir)?;
+    let config_path = write_config(&dir, &sim, &devo, &pki_dir, args.partitions)?;
     let cfg = config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let health_tag = cfg.health.tag.clone();
 
     let started = Instant::now();
     let pipeline = Pipeline::start(&cfg).await?;
+    if args.devo_outage_secs > 0 {
+        devo.stop_listening().await;
+        eprintln!(
+            "m365-devo demo: Devo is down for {} s; the pipeline holds what it collects meanwhile.",
+            args.devo_outage_secs
+        );
+        tokio::time::sleep(Duration::from_secs(args.devo_outage_secs)).await;
+        devo.resume_listening()
+            .await
+            .context("reopening the fake Devo")?;
+        eprintln!("m365-devo demo: Devo is back.");
+    }
 
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backlog;
 pub mod cloud;
 pub mod config;
 pub mod decompress;

@@ -90,7 +90,8 @@ pub async fn download(
     let mut flight = InFlight::new(
         job.settings.max_in_flight_records,
         job.settings.max_in_flight_bytes,
-    );
+    )
+    .with_backlog(job.settings.backlog.clone());
     let mut pending: HashSet<String> = HashSet::new();
     let mut result = BlobResult::default();
     let mut items = Vec::new();

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use m365_common::backlog::Backlog;
 use m365_common::kafka::{
     KAFKA_CALL_TIMEOUT, KafkaGlueError, KafkaSettings, OutRecord, TransactionMode,
 };
@@ -287,6 +288,7 @@ pub struct InFlight {
     bytes: usize,
     max_records: usize,
     max_bytes: usize,
+    backlog: Option<Arc<Backlog>>,
 }
 
 impl InFlight {
@@ -296,7 +298,14 @@ impl InFlight {
             bytes: 0,
             max_records: max_records.max(1),
             max_bytes: max_bytes.max(1),
+            backlog: None,
         }
+    }
+
+    /// Makes every send wait for room in `backlog`, and records acknowledged sends in it.
+    pub fn with_backlog(mut self, backlog: Option<Arc<Backlog>>) -> Self {
+        self.backlog = backlog;
+        self
     }
 
     /// Enqueues one record, first waiting for older ones while over the bounds (or while
@@ -309,7 +318,15 @@ impl InFlight {
         payload: Option<&[u8]>,
         headers: &[(&str, &[u8])],
     ) -> Result<(), KafkaGlueError> {
-        let size = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
+        let size = key.map_or(0, <[u8]>::len)
+            + payload.map_or(0, <[u8]>::len)
+            + headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>();
+        if let Some(backlog) = &self.backlog {
+            backlog.wait_for_room().await;
+        }
         while !self.pending.is_empty()
             && (self.pending.len() >= self.max_records || self.bytes + size > self.max_bytes)
         {
@@ -362,7 +379,12 @@ impl InFlight {
         };
         self.bytes -= size;
         match fut.await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(delivery)) => {
+                if let Some(backlog) = &self.backlog {
+                    backlog.produced(delivery.partition, delivery.offset, size as u64);
+                }
+                Ok(())
+            }
             Ok(Err((source, _))) => Err(KafkaGlueError::Produce { topic, source }),
             Err(_) => Err(KafkaGlueError::Produce {
                 topic,

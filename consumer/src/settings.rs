@@ -82,6 +82,10 @@ pub struct ConsumerSettings {
     pub run_consumer: bool,
     /// Stage 2 (the uri_retry service on `m365.uris.retry`) runs.
     pub run_uri_retry: bool,
+    /// In one process with the forwarder on the embedded broker (transactions off): event
+    /// sends wait while the forwarder is this far behind (see
+    /// [`Backlog`](m365_common::backlog::Backlog)). `None` elsewhere.
+    pub backlog: Option<std::sync::Arc<m365_common::backlog::Backlog>>,
 }
 
 impl Default for ConsumerSettings {
@@ -101,6 +105,7 @@ impl Default for ConsumerSettings {
             session_timeout: Duration::from_secs(45),
             run_consumer: true,
             run_uri_retry: true,
+            backlog: None,
         }
     }
 }
