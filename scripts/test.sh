@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what a fresh machine lacks, starts a real
-# Kafka-protocol broker (tansu, SQLite storage in a temporary folder) on 127.0.0.1, and runs
-# every test of the workspace against it and against the embedded broker.
+# Kafka-protocol broker (tansu, twice: memory and SQLite storage) on 127.0.0.1, and runs every
+# test of the workspace against it and against the embedded broker.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -p m365-producer   # extra arguments go to `cargo nextest run`
@@ -32,26 +32,34 @@ if [ -z "$TANSU" ]; then
   TANSU="$(command -v tansu)"
 fi
 
-# 3. Start tansu on a free loopback port; stop it on exit. SQLite storage, not `memory://`:
-#    tansu 0.6's memory engine answers a fetch that starts inside a record batch with the
-#    *next* batch, so a consumer resuming mid-batch (after a pause, a restart or a
-#    rebalance) silently skips records. The SQLite engine serves the requested offset.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# 3. Two tansu brokers on free loopback ports, stopped on exit:
+#    - memory storage (M365_TEST_KAFKA), fast, for most real-broker tests;
+#    - SQLite storage (M365_TEST_KAFKA_SQLITE), much slower, for tests whose readers pause and
+#      resume: tansu 0.6's memory engine answers a fetch that starts inside a record batch
+#      with the *next* batch (records skipped), the SQLite engine from the requested offset.
 tansu_dir=$(mktemp -d -t tansu.XXXXXX)
-tansu_log="$tansu_dir/tansu.log"
-(cd "$tansu_dir" && exec "$TANSU" broker \
-  --storage-engine sqlite://tansu.db \
-  --listener-url "tcp://127.0.0.1:${port}" \
-  --advertised-listener-url "tcp://127.0.0.1:${port}") >"$tansu_log" 2>&1 &
-tansu_pid=$!
-trap 'kill $tansu_pid 2>/dev/null || true; wait $tansu_pid 2>/dev/null || true; rm -rf "$tansu_dir"' EXIT
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then break; fi
-  if ! kill -0 "$tansu_pid" 2>/dev/null; then log "tansu failed to start:"; cat "$tansu_log" >&2; exit 1; fi
-  sleep 0.1
-done
-export M365_TEST_KAFKA="127.0.0.1:${port}"
-log "tansu listening on ${M365_TEST_KAFKA} (log: ${tansu_log})"
+tansu_pids=()
+trap 'kill "${tansu_pids[@]}" 2>/dev/null || true; wait "${tansu_pids[@]}" 2>/dev/null || true; rm -rf "$tansu_dir"' EXIT
+start_tansu() { # ENGINE LOGFILE: starts one broker and sets TANSU_PORT
+  local engine="$1" logf="$2" port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  (cd "$tansu_dir" && exec "$TANSU" broker \
+    --storage-engine "$engine" \
+    --listener-url "tcp://127.0.0.1:${port}" \
+    --advertised-listener-url "tcp://127.0.0.1:${port}") >"$logf" 2>&1 &
+  tansu_pids+=($!)
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then break; fi
+    if ! kill -0 "$!" 2>/dev/null; then log "tansu ($engine) failed to start:"; cat "$logf" >&2; exit 1; fi
+    sleep 0.1
+  done
+  TANSU_PORT=$port
+}
+start_tansu memory://tansu/ "$tansu_dir/memory.log"
+export M365_TEST_KAFKA="127.0.0.1:${TANSU_PORT}"
+start_tansu sqlite://tansu.db "$tansu_dir/sqlite.log"
+export M365_TEST_KAFKA_SQLITE="127.0.0.1:${TANSU_PORT}"
+log "tansu listening on ${M365_TEST_KAFKA} (memory) and ${M365_TEST_KAFKA_SQLITE} (SQLite)"
 
 # 4. The tests. The real-broker tests read M365_TEST_KAFKA; CI sets CI=true, which makes them
 #    fail (rather than skip) when it is missing.

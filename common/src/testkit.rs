@@ -16,8 +16,24 @@ use crate::kafka::{EmbeddedBroker, KafkaSettings, TransactionMode};
 pub enum BrokerKind {
     /// librdkafka's mock cluster in this process.
     Embedded,
-    /// The real Kafka-protocol broker started by `scripts/test.sh` (`M365_TEST_KAFKA`).
+    /// The real Kafka-protocol broker started by `scripts/test.sh` (`M365_TEST_KAFKA`):
+    /// tansu on memory storage, fast.
     Real,
+    /// The same broker on SQLite storage (`M365_TEST_KAFKA_SQLITE`): much slower, but it
+    /// serves a fetch that starts inside a record batch from the requested offset, where the
+    /// memory engine skips to the next batch. For tests whose readers pause and resume
+    /// mid-batch.
+    RealSqlite,
+}
+
+impl BrokerKind {
+    /// The environment variable naming a real broker of this kind.
+    fn env_var(self) -> &'static str {
+        match self {
+            BrokerKind::RealSqlite => "M365_TEST_KAFKA_SQLITE",
+            BrokerKind::Real | BrokerKind::Embedded => "M365_TEST_KAFKA",
+        }
+    }
 }
 
 /// A broker for one test, with topic names unique to that test.
@@ -54,7 +70,7 @@ impl TestBroker {
                     _embedded: Some(embedded),
                 })
             }
-            BrokerKind::Real => match std::env::var("M365_TEST_KAFKA") {
+            BrokerKind::Real | BrokerKind::RealSqlite => match std::env::var(kind.env_var()) {
                 Ok(servers) if !servers.is_empty() => {
                     let mut settings = KafkaSettings::new(servers);
                     settings.topic_prefix = prefix;
@@ -69,11 +85,15 @@ impl TestBroker {
                     })
                 }
                 _ if std::env::var_os("CI").is_some() => {
-                    panic!("M365_TEST_KAFKA is not set: run the tests with scripts/test.sh")
+                    panic!(
+                        "{} is not set: run the tests with scripts/test.sh",
+                        kind.env_var()
+                    )
                 }
                 _ => {
                     eprintln!(
-                        "skipped: M365_TEST_KAFKA is not set (scripts/test.sh starts a real broker)"
+                        "skipped: {} is not set (scripts/test.sh starts a real broker)",
+                        kind.env_var()
                     );
                     None
                 }

@@ -39,21 +39,42 @@
 //!
 //! Syslog over TCP has no acknowledgement: a write that returned is in kernel buffers, and
 //! a connection the server drops (Devo restarting, a balancer failing over) loses what had
-//! not been read yet, without telling the sender. The loop narrows that window: a delivered
-//! batch is committed only after `commit_delay`, and is **sent again** instead when, in the
-//! meantime, the output saw connection trouble (a reconnect, a failed write or connect), or
-//! when its own write needed a retry (the output resumes a failed write after the bytes it
-//! had handed to the dead socket, which may not have arrived). This trades a few duplicates
-//! after a failure for no loss; the residual risk is a drop that nothing detects within
-//! `commit_delay` (no further write on that connection), which a clean stop closes by
-//! half-closing every connection and waiting for Devo's close before the final commit.
+//! not been read yet, without telling the sender. The loop narrows that window with
+//! evidence **per connection** (the output's [`Carrier`]: which physical connection took a
+//! batch, and whether it was lost since, see `output::stream`):
+//!
+//! * a delivered batch is committed `commit_delay` after its write, unless the connection
+//!   that carried it was lost meanwhile; then it is **sent again** (at once, as soon as the
+//!   loss is known). A loss elsewhere in the pool — another connection reset, replaced or
+//!   failing to connect — re-sends nothing this connection carried: it says nothing about
+//!   bytes another socket holds;
+//! * one exception: a failed connect anywhere after the delivery may mean Devo went away
+//!   before this connection noticed, so the commit is put off once by another
+//!   `commit_delay`, then decided by the batch's own connection;
+//! * a write that failed part-way is written again from the start of the batch on a new
+//!   connection by the output itself (what the failed connection took may be lost); the
+//!   delivery then names the new connection and the batch is not queued again, so the
+//!   part never handed to the failed connection is sent once;
+//! * a connection that closed gracefully (we half-closed, the server closed after reading
+//!   everything: rotations and stops) clears its batches at once.
+//!
+//! Each idle pool connection is watched, so a drop is known within moments rather than at
+//! the next write. The residual risk is a drop that goes unnoticed for longer than
+//! `commit_delay` (a host vanishing without a reset), and what Devo itself loses after
+//! reading; the duplicates left after a failure are the batches written on the dropped
+//! connection within `commit_delay` before the drop, plus what of an interrupted write had
+//! already arrived. Commits are issued as soon as batches clear (a few milliseconds), so
+//! after a crash of the forwarder the batches sent again are those of the last
+//! `commit_delay`.
 //!
 //! # Rebalances and stops
 //! At-least-once throughout: offsets are committed only for partitions still assigned at
 //! commit time; batches holding records of revoked partitions are still delivered, and the
 //! new owner re-reads from the last commit. On cancellation the open batch is sealed,
 //! everything held is delivered (bounded by `drain_timeout`), the output is closed
-//! gracefully, then the offsets are committed.
+//! gracefully, then the offsets of every batch whose connection closed gracefully (or
+//! that waited out its delay) are committed; a batch whose connection did not close
+//! cleanly stays uncommitted and is sent again after the restart.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -76,7 +97,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::framing::LineFormat;
 use crate::internal_events::ForwarderStats;
-use crate::output::{Delivery, Output, OutputError, OutputStats};
+use crate::output::{Carrier, Delivery, LinkState, Output, OutputError, OutputStats};
 use crate::settings::ForwarderSettings;
 
 /// Longest tag accepted from a `tag` header.
@@ -189,19 +210,32 @@ impl Batch {
 }
 
 /// Where a sealed batch stands.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 enum SlotState {
     /// Waiting to be handed to the writer (first time or again).
     Queued,
-    /// With the writer. `errors` = output errors when it was handed over.
-    Submitted { at: Instant, errors: u64 },
-    /// Written and flushed; committable once `eligible_at` passed without connection trouble
-    /// since `churn` was sampled.
-    Delivered {
-        eligible_at: Instant,
-        churn: u64,
-        cleared: bool,
-    },
+    /// With the writer since `at`.
+    Submitted { at: Instant },
+    /// Written and flushed; see [`Held`].
+    Delivered(Held),
+}
+
+/// A delivered batch waiting to be cleared for commit.
+///
+/// It is cleared once `eligible_at` passed while its `carrier` (the connection that took it
+/// whole) is neither lost nor still closing; it is queued again as soon as the carrier is
+/// known lost. A connection that closed gracefully (the server closed after our
+/// half-close) read everything, so its batches are cleared at once. Without a carrier
+/// (HTTP, files) only the delay applies.
+#[derive(Debug, Clone)]
+struct Held {
+    eligible_at: Instant,
+    carrier: Option<Carrier>,
+    /// Pool-wide connect failures when the batch was delivered (or last deferred).
+    connect_failures: u64,
+    /// Whether clearance was already put off once for connect failures elsewhere.
+    deferred: bool,
+    cleared: bool,
 }
 
 #[derive(Debug)]
@@ -211,22 +245,10 @@ struct Slot {
     state: SlotState,
 }
 
-/// The output's error and churn counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Trouble {
-    /// Failed writes and connects.
-    errors: u64,
-    /// `errors` plus connections replaced (peer closed, idle, age).
-    churn: u64,
-}
-
-fn trouble(stats: &OutputStats) -> Trouble {
-    let s = stats.snapshot();
-    let errors = s.write_errors + s.connect_failures;
-    Trouble {
-        errors,
-        churn: errors + s.reconnects,
-    }
+/// Pool-wide connect failures so far: an early warning that Devo may be gone before the
+/// connection carrying a batch has noticed (see [`Batches::settle`]).
+fn connect_failures(stats: &OutputStats) -> u64 {
+    stats.snapshot().connect_failures
 }
 
 /// Everything the loop keeps between records: the open batch, the ordered slots and the
@@ -357,7 +379,7 @@ impl Batches {
     fn waiting(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.state == SlotState::Queued)
+            .filter(|s| matches!(s.state, SlotState::Queued))
             .count()
     }
 
@@ -375,17 +397,14 @@ impl Batches {
     }
 
     /// Queued slots to hand to the writer now (in order), marked as submitted.
-    fn take_submittable(&mut self, now: Instant, t: Trouble) -> Vec<(u64, Arc<Batch>)> {
+    fn take_submittable(&mut self, now: Instant) -> Vec<(u64, Arc<Batch>)> {
         let mut out = Vec::new();
         for slot in self.slots.iter_mut() {
             if self.submitted >= self.settings.max_in_flight {
                 break;
             }
-            if slot.state == SlotState::Queued {
-                slot.state = SlotState::Submitted {
-                    at: now,
-                    errors: t.errors,
-                };
+            if matches!(slot.state, SlotState::Queued) {
+                slot.state = SlotState::Submitted { at: now };
                 self.submitted += 1;
                 out.push((slot.seq, Arc::clone(&slot.batch)));
             }
@@ -399,76 +418,116 @@ impl Batches {
         self.slots.get_mut(idx)
     }
 
-    /// Records a successful delivery. A batch whose own write saw output errors is queued
-    /// again at once (part of it may sit in a dead socket). Returns the write latency.
+    /// Records a successful delivery over `carrier` (the connection that took the batch
+    /// whole; `None` for sinks without connections). A batch whose carrier is already known
+    /// lost is queued again at once. Returns the write latency.
+    ///
+    /// A write that failed part-way needs nothing here: the output wrote the batch again
+    /// from its start on a new connection (what the failed one took may be lost), and the
+    /// carrier is that new connection. So the part that never reached the failed connection
+    /// is sent once, and the batch is not queued again for a failure its delivery already
+    /// repaired.
     fn delivered(
         &mut self,
         seq: u64,
         now: Instant,
-        t: Trouble,
+        carrier: Option<Carrier>,
+        connect_failures: u64,
         stats: &ForwarderStats,
     ) -> Option<Duration> {
         let commit_delay = self.settings.commit_delay;
         let slot = self.slot_mut(seq)?;
-        let SlotState::Submitted { at, errors } = slot.state else {
+        let SlotState::Submitted { at } = slot.state else {
             return None;
         };
-        if errors != t.errors {
+        if carrier.as_ref().is_some_and(Carrier::is_lost) {
             slot.state = SlotState::Queued;
             stats.batches_resent.inc();
             tracing::info!(
                 batch = seq,
-                "A Devo connection failed while this batch was written; sending it again."
+                "The Devo connection that took this batch was lost at once; sending it again."
             );
         } else {
-            slot.state = SlotState::Delivered {
+            tracing::debug!(batch = seq, records = slot.batch.len(), "Batch delivered.");
+            slot.state = SlotState::Delivered(Held {
                 eligible_at: now + commit_delay,
-                churn: t.churn,
+                carrier,
+                connect_failures,
+                deferred: false,
                 cleared: false,
-            };
+            });
         }
         self.submitted = self.submitted.saturating_sub(1);
         Some(now.saturating_duration_since(at))
     }
 
-    /// Clears delivered slots whose commit delay passed without connection trouble (or
-    /// re-queues them when there was some), then pops the cleared prefix. With `now_all`
-    /// (a stop) the delay is not waited for. Returns the offsets and record count to commit.
+    /// Decides every delivered, uncleared slot, then pops the cleared prefix. Returns the
+    /// offsets and record count to commit.
+    ///
+    /// The evidence is per connection, never pool-wide: a slot is queued again when ITS
+    /// carrier is lost (before or after `eligible_at`), and otherwise cleared once
+    /// `eligible_at` passed and its carrier is not still closing; a gracefully closed
+    /// carrier clears it at once. Another connection's reconnects or failures say nothing
+    /// about bytes this one carried, with one exception: a failed connect anywhere in the
+    /// pool after the delivery may mean Devo went away and this connection has not seen it
+    /// yet (no reset has arrived, or its watcher has not run). Such a slot is put off once
+    /// by another `commit_delay`, which gives its connection the time to notice, and is
+    /// then decided by its own carrier alone (deferring for ever would stall every healthy
+    /// connection while one cannot connect).
+    ///
+    /// `stopping`: the output has been closed gracefully, so a slot whose carrier closed
+    /// gracefully is cleared (as always), one without a carrier is cleared without waiting
+    /// for the delay, and one whose carrier is still open (its close never ran) needs the
+    /// delay as usual, without the deferral.
     fn settle(
         &mut self,
         now: Instant,
-        t: Trouble,
-        now_all: bool,
+        connect_failures: u64,
+        stopping: bool,
         stats: &ForwarderStats,
     ) -> (BTreeMap<(u8, i32), i64>, u64) {
+        let commit_delay = self.settings.commit_delay;
         for slot in self.slots.iter_mut() {
-            if let SlotState::Delivered {
-                eligible_at,
-                churn,
-                cleared: false,
-            } = slot.state
-                && (now_all || now >= eligible_at)
-            {
-                if churn == t.churn {
-                    slot.state = SlotState::Delivered {
-                        eligible_at,
-                        churn,
-                        cleared: true,
-                    };
-                } else {
+            let SlotState::Delivered(held) = &mut slot.state else {
+                continue;
+            };
+            if held.cleared {
+                continue;
+            }
+            let link = held.carrier.as_ref().map(Carrier::state);
+            match link {
+                Some(LinkState::Lost) => {
                     slot.state = SlotState::Queued;
                     stats.batches_resent.inc();
                     tracing::info!(
                         batch = slot.seq,
-                        "A Devo connection was lost shortly after this batch was written; sending it again."
+                        "The Devo connection that took this batch was lost before its commit; sending it again."
                     );
                 }
+                Some(LinkState::Closed) => held.cleared = true,
+                Some(LinkState::Closing) => {
+                    // Decided when the graceful close ends (bounded by close_timeout).
+                    if now >= held.eligible_at {
+                        held.eligible_at = now + commit_delay;
+                    }
+                }
+                Some(LinkState::Open) if now >= held.eligible_at => {
+                    if !stopping && !held.deferred && connect_failures != held.connect_failures {
+                        held.deferred = true;
+                        held.connect_failures = connect_failures;
+                        held.eligible_at = now + commit_delay;
+                    } else {
+                        held.cleared = true;
+                    }
+                }
+                None if stopping || now >= held.eligible_at => held.cleared = true,
+                Some(LinkState::Open) | None => {}
             }
         }
         let mut offsets = BTreeMap::new();
         let mut records = 0u64;
         while let Some(front) = self.slots.front() {
-            if !matches!(front.state, SlotState::Delivered { cleared: true, .. }) {
+            if !matches!(&front.state, SlotState::Delivered(h) if h.cleared) {
                 break;
             }
             let Some(slot) = self.slots.pop_front() else {
@@ -489,12 +548,8 @@ impl Batches {
         let slot = self
             .slots
             .iter()
-            .filter_map(|s| match s.state {
-                SlotState::Delivered {
-                    eligible_at,
-                    cleared: false,
-                    ..
-                } => Some(eligible_at),
+            .filter_map(|s| match &s.state {
+                SlotState::Delivered(h) if !h.cleared => Some(h.eligible_at),
                 _ => None,
             })
             .min();
@@ -504,11 +559,11 @@ impl Batches {
         }
     }
 
-    /// True when every slot is delivered and cleared, or there are none.
-    fn all_cleared(&self) -> bool {
+    /// True when every slot is delivered (cleared or not), or there are none.
+    fn all_delivered(&self) -> bool {
         self.slots
             .iter()
-            .all(|s| matches!(s.state, SlotState::Delivered { cleared: true, .. }))
+            .all(|s| matches!(s.state, SlotState::Delivered(_)))
     }
 }
 
@@ -517,7 +572,7 @@ enum WriterEvent {
     /// A batch's outcome.
     Done {
         seq: u64,
-        result: Result<(), OutputError>,
+        result: Result<Option<Carrier>, OutputError>,
     },
     /// The output was shut down (after the job channel closed).
     Closed(Result<(), OutputError>),
@@ -526,7 +581,7 @@ enum WriterEvent {
 async fn wait_delivery(seq: u64, delivery: Delivery) -> WriterEvent {
     WriterEvent::Done {
         seq,
-        result: delivery.wait().await,
+        result: delivery.wait_carrier().await,
     }
 }
 
@@ -606,8 +661,8 @@ pub async fn run(
 
     let result: Result<(), RunError> = loop {
         let now = Instant::now();
-        let t = trouble(&out_stats);
-        for (seq, batch) in b.take_submittable(now, t) {
+        let failures = connect_failures(&out_stats);
+        for (seq, batch) in b.take_submittable(now) {
             stats.batches.inc();
             // Never blocks: the channel holds more than `max_in_flight` jobs.
             if job_tx.try_send((seq, batch)).is_err() {
@@ -615,14 +670,15 @@ pub async fn run(
                 return Err(RunError::Writer("the writer stopped taking batches".into()));
             }
         }
-        let (offsets, records) = b.settle(now, t, stop_deadline.is_some(), &stats);
+        let (offsets, records) = b.settle(now, failures, false, &stats);
         if stop_deadline.is_none() && !offsets.is_empty() {
             commit(&consumer, &topics, &mut commits, offsets, records, &stats).await;
         } else if !offsets.is_empty() {
             merge(&mut commits, offsets, records);
         }
         if let Some(deadline) = stop_deadline {
-            if b.all_cleared() {
+            // The rest is decided once the output closed gracefully (see below).
+            if b.all_delivered() {
                 break Ok(());
             }
             if now >= deadline {
@@ -659,8 +715,9 @@ pub async fn run(
                 stop_deadline = Some(Instant::now() + drain_timeout);
             }
             ev = ev_rx.recv() => match ev {
-                Some(WriterEvent::Done { seq, result: Ok(()) }) => {
-                    if let Some(latency) = b.delivered(seq, Instant::now(), trouble(&out_stats), &stats) {
+                Some(WriterEvent::Done { seq, result: Ok(carrier) }) => {
+                    let failures = connect_failures(&out_stats);
+                    if let Some(latency) = b.delivered(seq, Instant::now(), carrier, failures, &stats) {
                         stats.batch_latency.observe(latency);
                     }
                 }
@@ -712,7 +769,17 @@ pub async fn run(
         }
     }
     if result.is_ok() {
-        // Everything merged so far was delivered before the graceful close.
+        // Connections have closed: gracefully (the server read everything they carried) or
+        // not (their batches stay uncommitted and are sent again after the restart).
+        let (offsets, records) =
+            b.settle(Instant::now(), connect_failures(&out_stats), true, &stats);
+        merge(&mut commits, offsets, records);
+        if !b.slots.is_empty() {
+            tracing::warn!(
+                held = b.slots.len(),
+                "Some batches could not be confirmed before the stop; they will be re-sent after the restart."
+            );
+        }
         let pending = std::mem::take(&mut commits.pending);
         let records = std::mem::take(&mut commits.pending_records);
         if !pending.is_empty() {
@@ -880,6 +947,7 @@ async fn commit(
         return;
     }
     let c = Arc::clone(consumer);
+    let started = Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         if let Err(e) = c.store_offsets(&tpl) {
             tracing::debug!(error = %e, "Storing offsets failed; committing them explicitly anyway.");
@@ -889,6 +957,11 @@ async fn commit(
     .await;
     match result {
         Ok(Ok(())) => {
+            tracing::debug!(
+                records = commits.pending_records,
+                took_ms = started.elapsed().as_millis() as u64,
+                "Committed Kafka offsets."
+            );
             stats.commits.inc();
             stats
                 .committed_records
@@ -923,10 +996,24 @@ mod tests {
         format!(r#"{{"Id":"{n:08}"}}"#).into_bytes()
     }
 
-    const CLEAN: Trouble = Trouble {
-        errors: 0,
-        churn: 0,
-    };
+    /// Adds `n` one-record batches (batch size 1 byte: each record seals its own batch).
+    fn batches(b: &mut Batches, n: u32, now: Instant, stats: &ForwarderStats) {
+        for i in 0..n {
+            b.add(
+                EVENTS,
+                0,
+                i64::from(i),
+                Some(b"a"),
+                Some(&rec(i)),
+                now,
+                stats,
+            );
+        }
+    }
+
+    fn state(b: &Batches, i: usize) -> &SlotState {
+        &b.slots[i].state
+    }
 
     // Proves batches are sealed before exceeding the byte limit, tags fall back when the
     // header is missing or malformed, and health records take the health tag.
@@ -974,71 +1061,170 @@ mod tests {
         let stats = ForwarderStats::default();
         let mut b = Batches::new(settings(1, 4));
         let t0 = Instant::now();
-        for n in 0..3 {
-            b.add(
-                EVENTS,
-                0,
-                i64::from(n),
-                Some(b"a"),
-                Some(&rec(n as u32)),
-                t0,
-                &stats,
-            );
-        }
-        assert_eq!(b.take_submittable(t0, CLEAN).len(), 3);
-        b.delivered(2, t0, CLEAN, &stats);
-        b.delivered(1, t0, CLEAN, &stats);
+        batches(&mut b, 3, t0, &stats);
+        let a = Carrier::new(0, 1);
+        assert_eq!(b.take_submittable(t0).len(), 3);
+        b.delivered(2, t0, Some(a.clone()), 0, &stats);
+        b.delivered(1, t0, Some(a.clone()), 0, &stats);
         let later = t0 + Duration::from_secs(1);
-        let (offsets, n) = b.settle(later, CLEAN, false, &stats);
+        let (offsets, n) = b.settle(later, 0, false, &stats);
         assert!(offsets.is_empty() && n == 0, "batch 0 not delivered yet");
-        b.delivered(0, later, CLEAN, &stats);
-        let (offsets, _) = b.settle(later, CLEAN, false, &stats);
+        b.delivered(0, later, Some(a), 0, &stats);
+        let (offsets, _) = b.settle(later, 0, false, &stats);
         assert!(offsets.is_empty(), "batch 0 still inside its commit delay");
-        let (offsets, n) = b.settle(later + Duration::from_secs(1), CLEAN, false, &stats);
+        let (offsets, n) = b.settle(later + Duration::from_secs(1), 0, false, &stats);
         assert_eq!((offsets[&(EVENTS, 0)], n), (3, 3));
         assert!(b.slots.is_empty());
+        assert_eq!(stats.batches_resent.get(), 0);
     }
 
-    // Proves connection trouble after a delivery, or during its write, re-queues the batch
-    // instead of committing it, and that in-flight limits block consumption.
+    // Proves a batch whose connection is lost within the commit delay is sent again and not
+    // committed, and that the batch after it (other connection) waits for its re-delivery.
     #[test]
-    fn trouble_resends_and_limits_block() {
+    fn batch_on_connection_lost_within_delay_is_resent() {
         let stats = ForwarderStats::default();
-        let mut b = Batches::new(settings(1, 1));
+        let mut b = Batches::new(settings(1, 4));
         let t0 = Instant::now();
-        b.add(EVENTS, 0, 0, Some(b"a"), Some(&rec(0)), t0, &stats);
-        b.add(EVENTS, 0, 1, Some(b"a"), Some(&rec(1)), t0, &stats);
-        assert_eq!(b.take_submittable(t0, CLEAN).len(), 1);
-        assert!(
-            b.blocked(),
-            "second batch waits for the single in-flight slot"
-        );
-        b.delivered(0, t0, CLEAN, &stats);
-        let churned = Trouble {
-            errors: 0,
-            churn: 1,
-        };
-        let (offsets, _) = b.settle(t0 + Duration::from_secs(1), churned, false, &stats);
+        batches(&mut b, 2, t0, &stats);
+        let (a, other) = (Carrier::new(0, 1), Carrier::new(1, 1));
+        assert_eq!(b.take_submittable(t0).len(), 2);
+        b.delivered(0, t0, Some(a.clone()), 0, &stats);
+        b.delivered(1, t0, Some(other.clone()), 0, &stats);
+        assert!(a.mark_lost(), "Devo drops connection 0 within the delay");
+        let (offsets, _) = b.settle(t0 + Duration::from_millis(50), 0, false, &stats);
         assert!(offsets.is_empty());
-        assert_eq!(
-            b.slots[0].state,
-            SlotState::Queued,
-            "re-queued after a reconnect"
+        assert!(
+            matches!(state(&b, 0), SlotState::Queued),
+            "re-queued at once"
         );
         assert_eq!(stats.batches_resent.get(), 1);
-        let sent = b.take_submittable(t0, churned);
-        assert_eq!(sent[0].0, 0, "the re-queued batch goes first");
-        let failed = Trouble {
-            errors: 1,
-            churn: 2,
-        };
-        b.delivered(0, t0, failed, &stats);
+        let (offsets, _) = b.settle(t0 + Duration::from_secs(1), 0, false, &stats);
+        assert!(offsets.is_empty(), "batch 1 is clear but waits for batch 0");
+        let resent = b.take_submittable(t0 + Duration::from_secs(1));
+        assert_eq!(resent.len(), 1);
         assert_eq!(
-            b.slots[0].state,
-            SlotState::Queued,
-            "its write saw an error"
+            resent[0].0, 0,
+            "only the batch of the lost connection goes again"
         );
-        assert_eq!(stats.batches_resent.get(), 2);
+        let t1 = t0 + Duration::from_secs(1);
+        b.delivered(0, t1, Some(Carrier::new(0, 2)), 0, &stats);
+        let (offsets, n) = b.settle(t1 + Duration::from_secs(1), 0, false, &stats);
+        assert_eq!((offsets[&(EVENTS, 0)], n), (2, 2));
+        assert_eq!(stats.batches_resent.get(), 1);
+
+        // A loss found after the delay passed but before the loop cleared the slot counts too.
+        batches(&mut b, 1, t1, &stats);
+        b.take_submittable(t1);
+        let c = Carrier::new(1, 2);
+        b.delivered(2, t1, Some(c.clone()), 0, &stats);
+        c.mark_lost();
+        let (offsets, _) = b.settle(t1 + Duration::from_secs(5), 0, false, &stats);
+        assert!(offsets.is_empty());
+        assert!(matches!(state(&b, 0), SlotState::Queued));
+    }
+
+    // Proves a batch on a healthy connection is committed, not re-sent, while another
+    // connection of the pool is lost, reconnects and fails to connect; the connect failures
+    // put its clearance off once, and only once.
+    #[test]
+    fn healthy_connection_batch_survives_other_connection_churn() {
+        let stats = ForwarderStats::default();
+        let mut b = Batches::new(settings(1, 4));
+        let t0 = Instant::now();
+        batches(&mut b, 2, t0, &stats);
+        let (healthy, churning) = (Carrier::new(0, 1), Carrier::new(1, 1));
+        b.take_submittable(t0);
+        b.delivered(0, t0, Some(healthy.clone()), 0, &stats);
+        b.delivered(1, t0, Some(churning.clone()), 0, &stats);
+        churning.mark_lost();
+        // Connection 1 then fails to reconnect 7 times.
+        let delay = Duration::from_millis(100);
+        let (offsets, _) = b.settle(t0 + delay, 7, false, &stats);
+        assert!(
+            offsets.is_empty(),
+            "connect failures elsewhere: put off once"
+        );
+        assert!(matches!(state(&b, 0), SlotState::Delivered(h) if h.deferred && !h.cleared));
+        assert!(matches!(state(&b, 1), SlotState::Queued));
+        let (offsets, n) = b.settle(t0 + delay * 2, 19, false, &stats);
+        assert_eq!(
+            (offsets[&(EVENTS, 0)], n),
+            (1, 1),
+            "cleared by its own connection's health, not deferred again"
+        );
+        assert_eq!(
+            stats.batches_resent.get(),
+            1,
+            "only the lost connection's batch"
+        );
+    }
+
+    // Proves a write that failed part-way and was completed on a new connection is
+    // committed as delivered: its failure does not queue it again (which would send the
+    // part the new connection confirmed a second time).
+    #[test]
+    fn resumed_write_is_not_sent_again() {
+        let stats = ForwarderStats::default();
+        let mut b = Batches::new(settings(1, 4));
+        let t0 = Instant::now();
+        batches(&mut b, 1, t0, &stats);
+        b.take_submittable(t0);
+        // The output wrote part of the batch on connection 0 #1, lost it, then wrote the
+        // whole batch from its start on connection 0 #2, which is the carrier it reports.
+        let failed = Carrier::new(0, 1);
+        failed.mark_lost();
+        let new = Carrier::new(0, 2);
+        b.delivered(0, t0, Some(new), 3, &stats);
+        assert!(matches!(state(&b, 0), SlotState::Delivered(_)));
+        let (offsets, n) = b.settle(t0 + Duration::from_secs(1), 3, false, &stats);
+        assert_eq!((offsets[&(EVENTS, 0)], n), (1, 1));
+        assert_eq!(stats.batches_resent.get(), 0);
+        assert!(b.take_submittable(t0).is_empty(), "nothing to send again");
+    }
+
+    // Proves a gracefully closed carrier clears its batches at once, a closing one holds
+    // them until the close ends, a carrier lost at once re-queues at delivery, and a stop
+    // clears only what is confirmed.
+    #[test]
+    fn graceful_close_and_stop() {
+        let stats = ForwarderStats::default();
+        let mut b = Batches::new(settings(1, 4));
+        let t0 = Instant::now();
+        batches(&mut b, 3, t0, &stats);
+        b.take_submittable(t0);
+        let rotated = Carrier::new(0, 1);
+        b.delivered(0, t0, Some(rotated.clone()), 0, &stats);
+        rotated.mark_closing();
+        let (offsets, _) = b.settle(t0 + Duration::from_secs(1), 0, false, &stats);
+        assert!(offsets.is_empty(), "closing: not decided yet");
+        rotated.mark_closed();
+        let (offsets, _) = b.settle(t0 + Duration::from_secs(1), 0, false, &stats);
+        assert_eq!(offsets[&(EVENTS, 0)], 1, "the server read everything");
+
+        let dead = Carrier::new(1, 1);
+        dead.mark_lost();
+        b.delivered(1, t0, Some(dead), 0, &stats);
+        assert!(matches!(state(&b, 0), SlotState::Queued));
+        let open = Carrier::new(0, 2);
+        b.delivered(2, t0, Some(open.clone()), 0, &stats);
+        let (offsets, _) = b.settle(t0, 0, true, &stats);
+        assert!(
+            offsets.is_empty(),
+            "batch 1 is not delivered: nothing after it commits"
+        );
+        b.take_submittable(t0);
+        let closed = Carrier::new(1, 2);
+        closed.mark_closing();
+        closed.mark_closed();
+        b.delivered(1, t0, Some(closed), 0, &stats);
+        let (offsets, _) = b.settle(t0, 0, true, &stats);
+        assert_eq!(
+            offsets[&(EVENTS, 0)],
+            2,
+            "still-open carrier waits for its delay"
+        );
+        let (offsets, _) = b.settle(t0 + Duration::from_secs(1), 0, true, &stats);
+        assert_eq!(offsets[&(EVENTS, 0)], 3);
     }
 
     // Proves consumption pauses only once a full round of sealed batches waits besides the
@@ -1055,19 +1241,19 @@ mod tests {
         };
         add(&mut b);
         add(&mut b);
-        assert_eq!(b.take_submittable(t0, CLEAN).len(), 2);
+        assert_eq!(b.take_submittable(t0).len(), 2);
         add(&mut b);
         assert!(!b.blocked(), "one batch waiting of two allowed");
         add(&mut b);
         assert!(b.blocked(), "a full round waits: pause");
-        b.delivered(0, t0, CLEAN, &stats);
-        assert_eq!(b.take_submittable(t0, CLEAN).len(), 1);
+        b.delivered(0, t0, None, 0, &stats);
+        assert_eq!(b.take_submittable(t0).len(), 1);
         assert!(
             !b.blocked() && !b.may_resume(),
             "still one waiting: stay paused"
         );
-        b.delivered(1, t0, CLEAN, &stats);
-        assert_eq!(b.take_submittable(t0, CLEAN).len(), 1);
+        b.delivered(1, t0, None, 0, &stats);
+        assert_eq!(b.take_submittable(t0).len(), 1);
         assert!(b.may_resume(), "nothing waits: resume");
     }
 }

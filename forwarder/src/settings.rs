@@ -20,7 +20,7 @@ use m365_common::config::{self, Config, DevoSettings};
 
 use crate::framing::{DateStyle, LineFormat, ZipBatcher};
 use crate::output::{
-    FileOutput, HttpOutput, HttpSettings, Output, OutputError, OutputStats, Pool, Resume, Sink,
+    FileOutput, HttpOutput, HttpSettings, Output, OutputError, OutputStats, Pool, Sink,
     StdoutOutput, StreamSettings, TlsSettings,
 };
 
@@ -174,10 +174,6 @@ pub fn build_output(devo: &DevoSettings, stats: Arc<OutputStats>) -> Result<Outp
         s.write_timeout = devo.timeout();
         s.max_idle = Duration::from_secs(devo.idle_reconnect_secs);
         s.max_age = Duration::from_secs(devo.max_connection_age_secs);
-        // An LF is not an event boundary in octet-counted frames or gzip members.
-        if devo.line.multiline || devo.line.zip {
-            s.resume = Resume::BatchStart;
-        }
         s
     };
     let connections = devo.connections.max(1) as usize;

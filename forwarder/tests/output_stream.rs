@@ -1,14 +1,15 @@
 //! The `devo_tls` and `tcp` outputs against a small recording syslog listener defined here
 //! (rustls server from `m365_sim::certs::TestPki`, loopback only): byte-exact delivery,
-//! certificate errors, reconnects after a peer close or idleness, and the connection pool.
+//! certificate errors, reconnects after a peer close or idleness, the connection pool, and
+//! the per-connection loss evidence ([`Carrier`]) the forwarder's commits rely on.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use m365_forwarder::framing::LineFormat;
 use m365_forwarder::output::{
-    Output, OutputError, OutputStats, Pool, RetryPolicy, Sink, StreamOutput, StreamSettings,
-    TlsSettings, TlsVersions,
+    Carrier, LinkState, Output, OutputError, OutputStats, Pool, RetryPolicy, Sink, StreamOutput,
+    StreamSettings, TlsSettings, TlsVersions,
 };
 use m365_sim::certs::{PkiPaths, TestPki};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,6 +24,8 @@ const SHAREPOINT: &str = "cloud.office365.management.sharepoint";
 struct ConnLog {
     bytes: Vec<u8>,
     closed: bool,
+    /// Notified to make the server drop this one connection.
+    drop_now: Arc<tokio::sync::Notify>,
 }
 
 /// A recording listener: TLS (client certificate required) or plain TCP.
@@ -96,6 +99,33 @@ impl Recorder {
         panic!("timed out waiting for {what}");
     }
 
+    /// Server-side drop of the connection whose bytes contain `marker`; waits until closed.
+    async fn drop_connection_with(&self, marker: &[u8]) {
+        let log = {
+            let conns = self.conns.lock().unwrap();
+            conns
+                .iter()
+                .find(|c| {
+                    c.lock()
+                        .unwrap()
+                        .bytes
+                        .windows(marker.len())
+                        .any(|w| w == marker)
+                })
+                .cloned()
+                .expect("a connection carried the marker")
+        };
+        let notify = log.lock().unwrap().drop_now.clone();
+        notify.notify_one();
+        for _ in 0..1000 {
+            if log.lock().unwrap().closed {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the connection did not close");
+    }
+
     /// Server-side close of every open connection; waits until all are closed.
     async fn close_all(&self) {
         self.kick.send_modify(|v| *v += 1);
@@ -116,8 +146,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut kick: watch::Receiver<u64>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
+    let drop_now = log.lock().unwrap().drop_now.clone();
     loop {
         tokio::select! {
+            _ = drop_now.notified() => break,
             r = s.read(&mut buf) => match r {
                 Ok(0) | Err(_) => {
                     // Client half-closed: close our side too (the client waits for this).
@@ -431,4 +463,159 @@ async fn pool_spreads_batches_over_connections() {
     assert_eq!(server.connection_count(), 3);
     assert_eq!(stats.snapshot().lines, 900);
     assert!(server.handshake_errors.lock().unwrap().is_empty());
+}
+
+/// Waits (bounded) until `carrier` is lost.
+async fn wait_lost(carrier: &Carrier) {
+    for _ in 0..1000 {
+        if carrier.is_lost() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("connection {} never marked lost", carrier.connection());
+}
+
+// Proves each delivery names the connection that carried it, an idle pool connection the
+// server drops is marked lost without any further write while the other connection stays
+// healthy, the next batch on that slot goes over a new connection, and a graceful shutdown
+// marks the connections closed (not lost).
+#[tokio::test]
+async fn pool_reports_carriers_and_detects_drops_per_connection() {
+    let server = Recorder::start(None).await;
+    let stats = Arc::new(OutputStats::default());
+    let pool = Pool::new(StreamSettings::new(server.addr.clone()), 2, stats.clone()).unwrap();
+    let mut out = Output::new(Sink::Pool(pool), LineFormat::sdk_default("h"));
+    let (a, b) = (records(0..5), records(5..10));
+    let da = out.submit_records(&as_refs(&a)).await.unwrap();
+    let db = out.submit_records(&as_refs(&b)).await.unwrap();
+    let ca = da.wait_carrier().await.unwrap().expect("a connection");
+    let cb = db.wait_carrier().await.unwrap().expect("a connection");
+    assert_ne!(
+        ca.connection(),
+        cb.connection(),
+        "round-robin over two slots"
+    );
+    assert_eq!((ca.serial(), cb.serial()), (1, 1));
+    let fmt = LineFormat::sdk_default("h");
+    let total = framed(&fmt, &a).len() + framed(&fmt, &b).len();
+    server
+        .wait_for("both batches", |r| r.all_bytes().len() >= total)
+        .await;
+
+    server.drop_connection_with(a[0].1.as_bytes()).await;
+    wait_lost(&ca).await;
+    assert!(!cb.is_lost(), "the other connection is not affected");
+    assert_eq!(stats.snapshot().connections_lost, 1);
+
+    // Round-robin: the third batch goes to `ca`'s slot again, over a new connection.
+    let c = records(10..15);
+    let cc = out
+        .submit_records(&as_refs(&c))
+        .await
+        .unwrap()
+        .wait_carrier()
+        .await
+        .unwrap()
+        .expect("a connection");
+    assert_eq!((cc.connection(), cc.serial()), (ca.connection(), 2));
+    assert_eq!(cc.state(), LinkState::Open);
+    out.shutdown().await.unwrap();
+    assert_eq!(
+        cc.state(),
+        LinkState::Closed,
+        "the server closed after our half-close"
+    );
+    assert_eq!(cb.state(), LinkState::Closed);
+    assert_eq!(stats.snapshot().connections_lost, 1);
+}
+
+// Proves a write that fails part-way (the server stops reading; the write times out) is
+// written again from the start of the batch on a new connection: the new connection gets
+// the whole batch exactly once, in order, and is the carrier reported; the stalled one
+// counts as lost.
+#[tokio::test]
+async fn failed_write_restarts_whole_batch_on_new_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        // First connection: never read (the client's write stalls), held until the second
+        // one has everything.
+        let (stalled, _) = listener.accept().await.unwrap();
+        let (mut second, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        second.read_to_end(&mut got).await.unwrap();
+        drop(stalled);
+        got
+    });
+    // Larger than loopback socket buffers on both sides, so the first write must stall.
+    let line = [b'x'; 1023];
+    let mut batch = Vec::new();
+    let mut n = 0u32;
+    while batch.len() < 48 << 20 {
+        batch.extend_from_slice(format!("{n:08} ").as_bytes());
+        batch.extend_from_slice(&line[..1014]);
+        batch.push(b'\n');
+        n += 1;
+    }
+    let stats = Arc::new(OutputStats::default());
+    let mut settings = StreamSettings::new(addr);
+    settings.write_timeout = Duration::from_millis(300);
+    settings.retry = RetryPolicy {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(20),
+        multiplier: 2.0,
+        max_attempts: Some(5),
+    };
+    let mut stream = StreamOutput::new(settings, stats.clone()).unwrap();
+    let carrier = stream.send(&batch).await.unwrap().expect("a connection");
+    stream.shutdown().await.unwrap();
+    let got = server.await.unwrap();
+    assert!(
+        got == batch,
+        "the new connection got the whole batch, once, in order"
+    );
+    assert_eq!(carrier.serial(), 2, "the carrier is the new connection");
+    assert_eq!(carrier.state(), LinkState::Closed);
+    let s = stats.snapshot();
+    assert_eq!((s.connections_lost, s.write_errors, s.batches), (1, 1, 1));
+}
+
+// Proves an idle pool connection is closed gracefully by its watcher once `max_idle`
+// passed (the server read everything: closed, not lost), and the next batch reconnects.
+#[tokio::test]
+async fn pool_closes_idle_connection_gracefully() {
+    let server = Recorder::start(None).await;
+    let stats = Arc::new(OutputStats::default());
+    let mut settings = StreamSettings::new(server.addr.clone());
+    settings.max_idle = Duration::from_millis(50);
+    let pool = Pool::new(settings, 1, stats.clone()).unwrap();
+    let mut out = Output::new(Sink::Pool(pool), LineFormat::sdk_default("h"));
+    let first = out
+        .submit_records(&as_refs(&records(0..3)))
+        .await
+        .unwrap()
+        .wait_carrier()
+        .await
+        .unwrap()
+        .expect("a connection");
+    for _ in 0..1000 {
+        if first.state() == LinkState::Closed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(first.state(), LinkState::Closed);
+    let second = out
+        .submit_records(&as_refs(&records(3..6)))
+        .await
+        .unwrap()
+        .wait_carrier()
+        .await
+        .unwrap()
+        .expect("a connection");
+    assert_eq!(second.serial(), 2);
+    out.shutdown().await.unwrap();
+    assert_eq!(stats.snapshot().connections_lost, 0);
+    assert_eq!(server.connection_count(), 2);
 }

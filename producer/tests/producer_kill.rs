@@ -41,7 +41,7 @@ fn write_config(dir: &std::path::Path, sim: &Simulator, broker: &TestBroker) -> 
     // three session timeouts, ~30 s), which six restarts in a row would turn into minutes of
     // nothing listed; on the real broker this test is about crash exactness, run alone.
     let coordination = match broker.kind {
-        BrokerKind::Real => "none",
+        BrokerKind::Real | BrokerKind::RealSqlite => "none",
         BrokerKind::Embedded => "group",
     };
     let cfg = serde_json::json!({

@@ -116,7 +116,7 @@ pub enum OutputError {
     #[error("gave up after {attempts} attempts: {last}")]
     RetriesExhausted {
         attempts: u32,
-        /// Bytes of the batch known to have reached the socket (resume point for a retry).
+        /// Bytes of the batch known to have reached the socket before the last failure.
         written: usize,
         #[source]
         last: Box<OutputError>,

@@ -34,7 +34,7 @@ pub use http::{HttpOutput, HttpSettings};
 pub use pool::{Delivery, Pool};
 pub use retry::RetryPolicy;
 pub use stats::{OutputStats, StatsSnapshot, TagCounts};
-pub use stream::{Resume, StreamOutput, StreamSettings};
+pub use stream::{Carrier, LinkState, StreamOutput, StreamSettings};
 pub use tls::{TlsSettings, TlsVersions};
 
 use crate::framing::{LineFormat, ZipBatcher};
@@ -89,15 +89,8 @@ pub struct Output {
 }
 
 impl Output {
-    /// Wraps `sink`, framing records with `format`. With multiline framing a stream sink
-    /// resumes failed batches from their start (an LF is not an event boundary then); for a
-    /// [`Pool`] set `StreamSettings::resume = Resume::BatchStart` when building it.
-    pub fn new(mut sink: Sink, format: LineFormat) -> Self {
-        if format.multiline
-            && let Sink::Stream(s) = &mut sink
-        {
-            s.set_resume(Resume::BatchStart);
-        }
+    /// Wraps `sink`, framing records with `format`.
+    pub fn new(sink: Sink, format: LineFormat) -> Self {
         Output {
             stats: sink.stats(),
             sink,
@@ -108,12 +101,9 @@ impl Output {
     }
 
     /// Sends each batch as one gzip member (devo-sdk's `zip=True`; not for `devo_http`,
-    /// which compresses on its own). A stream sink then resumes failed batches from their
-    /// start, since half a gzip member is useless.
+    /// which compresses on its own). A failed write is sent again from the start of the
+    /// batch anyway, so a member is never cut.
     pub fn with_zip(mut self, zip: ZipBatcher) -> Self {
-        if let Sink::Stream(s) = &mut self.sink {
-            s.set_resume(Resume::BatchStart);
-        }
         self.zip = Some(zip);
         self
     }
@@ -187,7 +177,7 @@ impl Output {
         let stats = Arc::clone(&self.stats);
         let delivery = match &mut self.sink {
             Sink::Pool(p) => p.submit(Bytes::copy_from_slice(&self.scratch)).await?,
-            Sink::Stream(s) => Delivery::ready(s.write_batch(&self.scratch).await),
+            Sink::Stream(s) => Delivery::carried(s.send(&self.scratch).await),
             Sink::File(f) => Delivery::ready(f.write_batch(&self.scratch).await),
             Sink::Stdout(s) => Delivery::ready(s.write_batch(&self.scratch).await),
             Sink::Http(_) => Delivery::ready(Err(OutputError::NeedsRecords("devo_http"))),

@@ -8,6 +8,12 @@
 //! several batches in flight and commit Kafka offsets in order as deliveries complete.
 //! Order between batches on different connections is not preserved (Devo orders by
 //! ingestion anyway); order within a batch is.
+//!
+//! A delivery names the physical connection that carried the batch ([`Carrier`]), and
+//! while a connection has no batch to write its task watches it
+//! ([`StreamOutput::watch`]), so a connection Devo drops is known lost within moments, not
+//! only at its next write. The caller can then re-send exactly what that connection
+//! carried lately, and nothing carried by the others.
 
 use std::sync::Arc;
 
@@ -17,11 +23,14 @@ use tokio::task::JoinHandle;
 
 use super::OutputError;
 use super::stats::{OutputStats, TagCounts};
-use super::stream::{StreamOutput, StreamSettings};
+use super::stream::{Carrier, StreamOutput, StreamSettings};
+
+/// What a connection task reports for one batch: the carrier, `None` for an empty batch.
+type Sent = Result<Option<Carrier>, OutputError>;
 
 struct Job {
     bytes: Bytes,
-    done: oneshot::Sender<Result<(), OutputError>>,
+    done: oneshot::Sender<Sent>,
 }
 
 /// The pending or settled outcome of one submitted batch.
@@ -34,13 +43,18 @@ pub struct Delivery {
 
 #[derive(Debug)]
 enum DeliveryState {
-    Ready(Result<(), OutputError>),
-    Pending(oneshot::Receiver<Result<(), OutputError>>),
+    Ready(Sent),
+    Pending(oneshot::Receiver<Sent>),
 }
 
 impl Delivery {
-    /// An already settled delivery.
+    /// An already settled delivery of a sink without connections (nothing names a carrier).
     pub fn ready(result: Result<(), OutputError>) -> Self {
+        Self::carried(result.map(|()| None))
+    }
+
+    /// An already settled delivery over a connection: `Ok(Some(carrier))` names it.
+    pub fn carried(result: Result<Option<Carrier>, OutputError>) -> Self {
         Delivery {
             state: DeliveryState::Ready(result),
             tags: Vec::new(),
@@ -61,6 +75,12 @@ impl Delivery {
 
     /// Waits until the batch is written and flushed (or failed).
     pub async fn wait(self) -> Result<(), OutputError> {
+        self.wait_carrier().await.map(|_| ())
+    }
+
+    /// Waits until the batch is written and flushed (or failed); `Ok` names the connection
+    /// that carried it (`None` when no connection was involved: other sinks, empty batch).
+    pub async fn wait_carrier(self) -> Result<Option<Carrier>, OutputError> {
         let result = match self.state {
             DeliveryState::Ready(r) => r,
             DeliveryState::Pending(rx) => rx.await.unwrap_or(Err(OutputError::Closed)),
@@ -94,8 +114,9 @@ impl Pool {
         let n = connections.max(1);
         let mut senders = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
-        for _ in 0..n {
-            let output = StreamOutput::new(settings.clone(), Arc::clone(&stats))?;
+        for index in 0..n {
+            let mut output = StreamOutput::new(settings.clone(), Arc::clone(&stats))?;
+            output.set_index(index);
             let (tx, rx) = mpsc::channel::<Job>(1);
             senders.push(tx);
             workers.push(tokio::spawn(worker(output, rx)));
@@ -161,9 +182,16 @@ impl Pool {
     }
 }
 
+/// One connection's task: writes each job; between jobs, watches the connection so that a
+/// drop by Devo marks it lost at once (and an idle one is closed gracefully in time).
 async fn worker(mut output: StreamOutput, mut rx: mpsc::Receiver<Job>) {
-    while let Some(job) = rx.recv().await {
-        let result = output.write_batch(&job.bytes).await;
+    loop {
+        let job = tokio::select! {
+            job = rx.recv() => job,
+            () = output.watch() => continue,
+        };
+        let Some(job) = job else { break };
+        let result = output.send(&job.bytes).await;
         // The submitter may have stopped waiting; the result is then simply dropped.
         let _ = job.done.send(result);
     }

@@ -1,5 +1,5 @@
 //! Counters every output keeps: batches, bytes, lines (per tag where the output sees tags),
-//! reconnects, connect failures, write errors and the last error message.
+//! reconnects, connect failures, write errors, connections lost and the last error message.
 //!
 //! Shared behind an `Arc` (a [`super::Pool`]'s connections share one), read with
 //! [`OutputStats::snapshot`]; the metrics layer turns snapshots into Prometheus series.
@@ -18,6 +18,7 @@ pub struct OutputStats {
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
     write_errors: AtomicU64,
+    connections_lost: AtomicU64,
     per_tag: Mutex<HashMap<String, TagCounts>>,
     last_error: Mutex<Option<String>>,
 }
@@ -48,6 +49,9 @@ pub struct StatsSnapshot {
     pub connect_failures: u64,
     /// Writes that failed (each retry counts).
     pub write_errors: u64,
+    /// Connections lost without a graceful close (write error, peer close or reset seen,
+    /// graceful close that failed): what they carried lately is sent again.
+    pub connections_lost: u64,
     /// Per-tag counts.
     pub per_tag: HashMap<String, TagCounts>,
     /// Display text of the most recent error, if any.
@@ -100,6 +104,11 @@ impl OutputStats {
         *lock(&self.last_error) = Some(error.to_string());
     }
 
+    /// Records a connection lost without a graceful close.
+    pub fn record_connection_lost(&self) {
+        self.connections_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Reconnect count so far.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
@@ -115,6 +124,7 @@ impl OutputStats {
             reconnects: self.reconnects.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
+            connections_lost: self.connections_lost.load(Ordering::Relaxed),
             per_tag: lock(&self.per_tag).clone(),
             last_error: lock(&self.last_error).clone(),
         }

@@ -2,17 +2,30 @@
 //! lifecycle Devo's balancers expect (`shared/docs/devo.md` §1.6):
 //!
 //! * connect lazily, on the first write;
-//! * before each write, replace the connection when it has been idle longer than
-//!   `max_idle` (25 s by default, below the balancers' 30 s), is older than `max_age` (1 h),
-//!   or the peer has closed it (a non-blocking read sees EOF, a TLS alert or an error);
-//! * write in chunks and count the bytes handed to the socket, so that after a failure the
-//!   batch resumes on a new connection from the last line boundary already sent instead of
-//!   from the start (devo-sdk re-sends the whole buffer, duplicating the prefix);
+//! * before each write, replace the connection when the peer has closed it (a non-blocking
+//!   read sees EOF, a TLS alert or an error), it has been idle longer than `max_idle` (25 s
+//!   by default, below the balancers' 30 s), or it is older than `max_age` (1 h);
+//! * write in chunks, flush, and report which physical connection carried the batch (a
+//!   [`Carrier`]);
 //! * on failure, reconnect with jittered exponential backoff and keep trying (by default
-//!   until success: the caller does not commit meanwhile);
+//!   until success: the caller does not commit meanwhile). The retry writes the batch again
+//!   **from its start** on the new connection: whatever of it the failed connection took
+//!   may or may not have been read, so it must be sent again, and sending it again inside
+//!   the same write keeps the batch whole and in order on one live connection (the part
+//!   never handed to the failed connection is sent once, not twice);
 //! * close gracefully: half-close (TLS: close_notify, then TCP FIN), wait up to
 //!   `close_timeout` for the server to close its side, then drop. Connections replaced
 //!   while running are closed this way in a background task.
+//!
+//! # Lost connections
+//! A connection is **lost** when it ends without that graceful close: a write on it failed
+//! or timed out, the server closed or reset it on its own (seen before a write, or by
+//! [`StreamOutput::watch`] while idle), or its graceful close failed. A planned replacement
+//! (idle, age) whose graceful close completes is not a loss: the server closing its side
+//! after our half-close means it read everything. Each connection's [`Carrier`] tells
+//! where it stands ([`LinkState`]: open, closing, closed, lost), so a caller re-sends only
+//! what a lost connection carried, and may trust at once what a closed one carried.
+//! Connect failures never mark anything lost: no connection existed.
 //!
 //! For TLS 1.3 a server checks our client certificate only after the handshake completed on
 //! our side; a rejection then arrives as an alert on the first read. So after connecting we
@@ -22,10 +35,12 @@
 //!
 //! Residual risk, by the nature of the protocol: Devo never acknowledges. `Ok` means the
 //! bytes were written and flushed into the kernel; if the connection dies afterwards, what
-//! was still in the send buffer or in flight is lost without notice. The idle/age limits,
-//! the EOF check before each write and the graceful close keep that window small.
+//! was still in the send buffer or in flight is lost without notice to Devo, and only a
+//! later read, write or close tells us. The idle/age limits, the EOF check before each
+//! write, the watch while idle and the graceful close keep that window small.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,16 +54,108 @@ use super::retry::{Backoff, RetryPolicy};
 use super::stats::OutputStats;
 use super::tls::TlsSettings;
 
-/// Where a retried batch restarts after a partial write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Resume {
-    /// After the last LF already sent: the partial line is re-sent whole. Right for plain
-    /// one-line-per-event framing (the default).
-    #[default]
-    LineBoundary,
-    /// From the start of the batch (for gzip members or octet-counted multiline framing,
-    /// where an LF is not an event boundary). May duplicate events.
-    BatchStart,
+/// The standing of one physical connection, shared by every [`Carrier`] of it.
+#[derive(Debug)]
+struct Link {
+    connection: usize,
+    serial: u64,
+    state: AtomicU8,
+}
+
+/// Where a physical connection stands (see [`Carrier::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkState {
+    /// In use, or idle; no loss seen.
+    Open,
+    /// Half-closed by us; waiting for the server to close its side.
+    Closing,
+    /// The server closed its side after our half-close: it read everything we sent.
+    Closed,
+    /// Ended without a graceful close: what it carried lately may not have been read.
+    Lost,
+}
+
+impl LinkState {
+    const ALL: [LinkState; 4] = [
+        LinkState::Open,
+        LinkState::Closing,
+        LinkState::Closed,
+        LinkState::Lost,
+    ];
+
+    fn from_u8(v: u8) -> Self {
+        Self::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(LinkState::Lost)
+    }
+}
+
+/// Which physical connection carried a batch, and whether that connection was lost since.
+///
+/// Syslog has no acknowledgement, so nobody knows whether Devo read the bytes a write
+/// handed to the kernel. What can be known is whether the connection that carried them
+/// ended without a graceful close (see the module docs: *lost*). A caller that commits a
+/// batch only when its carrier is still not lost a while after the write (the forwarder's
+/// `commit_delay`) re-sends what such a loss may have taken, and nothing that another,
+/// healthy connection carried.
+#[derive(Debug, Clone)]
+pub struct Carrier(Arc<Link>);
+
+impl Carrier {
+    /// A carrier, not lost, for connection number `serial` of pool slot `connection`.
+    pub fn new(connection: usize, serial: u64) -> Self {
+        Carrier(Arc::new(Link {
+            connection,
+            serial,
+            state: AtomicU8::new(LinkState::Open as u8),
+        }))
+    }
+
+    /// The pool slot of the connection (0 for a lone output).
+    pub fn connection(&self) -> usize {
+        self.0.connection
+    }
+
+    /// Which connection of its slot this is (1 for the first one opened).
+    pub fn serial(&self) -> u64 {
+        self.0.serial
+    }
+
+    /// Where the connection stands now.
+    pub fn state(&self) -> LinkState {
+        LinkState::from_u8(self.0.state.load(Ordering::Acquire))
+    }
+
+    /// True once the connection ended without a graceful close: what it carried may not
+    /// have been read.
+    pub fn is_lost(&self) -> bool {
+        self.state() == LinkState::Lost
+    }
+
+    fn transition(&self, from: LinkState, to: LinkState) -> bool {
+        self.0
+            .state
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Marks the connection lost unless it already ended; true when it was open or closing.
+    pub(crate) fn mark_lost(&self) -> bool {
+        self.transition(LinkState::Open, LinkState::Lost)
+            || self.transition(LinkState::Closing, LinkState::Lost)
+    }
+
+    /// Marks the start of a graceful close (open -> closing).
+    pub(crate) fn mark_closing(&self) {
+        self.transition(LinkState::Open, LinkState::Closing);
+    }
+
+    /// Marks a completed graceful close (closing -> closed).
+    pub(crate) fn mark_closed(&self) {
+        self.transition(LinkState::Closing, LinkState::Closed);
+    }
 }
 
 /// Settings of one stream connection.
@@ -71,8 +178,6 @@ pub struct StreamSettings {
     /// After a TLS 1.3 handshake, how long to wait for the server to confirm (ticket) or
     /// refuse (alert) the client certificate. Zero disables the wait.
     pub handshake_confirm: Duration,
-    /// Where a batch resumes after a partial write.
-    pub resume: Resume,
     /// Backoff and attempts for connects and writes.
     pub retry: RetryPolicy,
     /// Bytes handed to the socket per write call (and counted as written after each).
@@ -91,7 +196,6 @@ impl StreamSettings {
             max_age: Duration::from_secs(3600),
             close_timeout: Duration::from_secs(30),
             handshake_confirm: Duration::from_secs(2),
-            resume: Resume::default(),
             retry: RetryPolicy::default(),
             chunk_bytes: 256 * 1024,
         }
@@ -154,6 +258,7 @@ struct Conn {
     io: Io,
     opened: Instant,
     last_write: Instant,
+    link: Carrier,
 }
 
 impl Conn {
@@ -180,23 +285,30 @@ impl Conn {
     }
 }
 
-/// Why a connection is being replaced (log field and reconnect reason).
-fn stale_reason(
-    conn: &mut Conn,
-    settings: &StreamSettings,
-) -> Option<(String, Option<std::io::Error>)> {
+/// Why a connection must be replaced before the next write.
+enum Stale {
+    /// Planned (idle, age): closed gracefully, lost only if that close fails.
+    Rotate(&'static str),
+    /// The server closed or reset it: lost. The error may explain why (a TLS alert).
+    Lost(String, Option<std::io::Error>),
+}
+
+/// Whether `conn` must be replaced. The peer is looked at first, so that a connection the
+/// server already dropped is never mistaken for a planned rotation.
+fn stale_reason(conn: &mut Conn, settings: &StreamSettings) -> Option<Stale> {
+    match conn.peer_state() {
+        PeerState::Open => {}
+        PeerState::Closed(why) => return Some(Stale::Lost(why, None)),
+        PeerState::Failed(e) => return Some(Stale::Lost("peer_error".into(), Some(e))),
+    }
     let now = Instant::now();
     if now.duration_since(conn.last_write) > settings.max_idle {
-        return Some(("idle".into(), None));
+        return Some(Stale::Rotate("idle"));
     }
     if now.duration_since(conn.opened) > settings.max_age {
-        return Some(("max_age".into(), None));
+        return Some(Stale::Rotate("max_age"));
     }
-    match conn.peer_state() {
-        PeerState::Open => None,
-        PeerState::Closed(why) => Some((why, None)),
-        PeerState::Failed(e) => Some(("peer_error".into(), Some(e))),
-    }
+    None
 }
 
 /// A `devo_tls` or `tcp` output over one connection.
@@ -206,6 +318,10 @@ pub struct StreamOutput {
     conn: Option<Conn>,
     /// Whether any connection has been opened before (to count reconnects).
     connected_before: bool,
+    /// Pool slot of this output, named in every [`Carrier`].
+    index: usize,
+    /// Connections opened so far (the next one's serial is this plus one).
+    opened: u64,
     backoff: Backoff,
     stats: Arc<OutputStats>,
     label: &'static str,
@@ -235,6 +351,8 @@ impl StreamOutput {
             tls,
             conn: None,
             connected_before: false,
+            index: 0,
+            opened: 0,
             stats,
         })
     }
@@ -244,9 +362,9 @@ impl StreamOutput {
         &self.stats
     }
 
-    /// Changes where failed batches resume (see [`Resume`]).
-    pub fn set_resume(&mut self, resume: Resume) {
-        self.settings.resume = resume;
+    /// Sets the pool slot this output stands for (named in its [`Carrier`]s).
+    pub(crate) fn set_index(&mut self, index: usize) {
+        self.index = index;
     }
 
     /// `devo_tls` or `tcp`.
@@ -277,6 +395,7 @@ impl StreamOutput {
         };
         match &result {
             Ok(_) => {
+                self.opened += 1;
                 self.stats.record_connect(self.connected_before);
                 if self.connected_before {
                     tracing::info!(kind = self.label, addr = %self.settings.addr, "Reconnected to Devo.");
@@ -287,10 +406,17 @@ impl StreamOutput {
             }
             Err(e) => self.stats.record_connect_failure(e),
         }
-        result
+        let io = result?;
+        let now = Instant::now();
+        Ok(Conn {
+            io,
+            opened: now,
+            last_write: now,
+            link: Carrier::new(self.index, self.opened),
+        })
     }
 
-    async fn open_inner(&self) -> Result<Conn, OutputError> {
+    async fn open_inner(&self) -> Result<Io, OutputError> {
         let tcp = TcpStream::connect(&self.settings.addr)
             .await
             .map_err(|source| OutputError::Connect {
@@ -310,12 +436,7 @@ impl StreamOutput {
             }
             _ => Io::Tcp(tcp),
         };
-        let now = Instant::now();
-        Ok(Conn {
-            io,
-            opened: now,
-            last_write: now,
-        })
+        Ok(io)
     }
 
     /// TLS 1.3: wait briefly for the server's session ticket (certificate accepted) or an
@@ -355,12 +476,17 @@ impl StreamOutput {
         Ok(())
     }
 
-    /// Returns a usable connection, replacing a stale one (idle, old, closed by the peer).
+    /// Returns a usable connection, replacing a stale one (closed by the peer, idle, old).
     async fn ready_conn(&mut self) -> Result<Conn, OutputError> {
         if let Some(mut conn) = self.conn.take() {
             match stale_reason(&mut conn, &self.settings) {
                 None => return Ok(conn),
-                Some((reason, err)) => {
+                Some(Stale::Rotate(reason)) => {
+                    tracing::debug!(addr = %self.settings.addr, reason, "Replacing Devo connection.");
+                    self.close_in_background(conn);
+                }
+                Some(Stale::Lost(reason, err)) => {
+                    self.lose(conn, &reason);
                     // An alert that explains the close (certificate refused) is an error.
                     if let (Some(e), Some(t)) = (&err, &self.settings.tls) {
                         let classified = t.classify(e);
@@ -368,24 +494,53 @@ impl StreamOutput {
                             return Err(classified);
                         }
                     }
-                    tracing::debug!(addr = %self.settings.addr, reason = %reason, "Replacing Devo connection.");
-                    self.close_in_background(conn);
                 }
             }
         }
         self.open().await
     }
 
-    fn close_in_background(&self, conn: Conn) {
-        let limit = self.settings.close_timeout;
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(close_gracefully(conn.io, limit));
+    /// Marks `conn` lost (counted and logged once) and drops it.
+    fn lose(&self, conn: Conn, reason: &str) {
+        if conn.link.mark_lost() {
+            self.stats.record_connection_lost();
+            tracing::info!(
+                kind = self.label,
+                addr = %self.settings.addr,
+                connection = conn.link.connection(),
+                reason,
+                "Devo connection lost; what it carried lately may not have been read."
+            );
         }
     }
 
-    /// Writes `bytes` once on a ready connection; on failure the connection is dropped and
-    /// the error tells how many bytes reached the socket.
-    async fn write_once(&mut self, bytes: &[u8]) -> Result<(), OutputError> {
+    /// Closes `conn` gracefully in a background task; marks it lost if that fails.
+    fn close_in_background(&self, conn: Conn) {
+        let limit = self.settings.close_timeout;
+        let stats = Arc::clone(&self.stats);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                conn.link.mark_closing();
+                handle.spawn(async move {
+                    if close_gracefully(conn.io, limit).await {
+                        conn.link.mark_closed();
+                    } else if conn.link.mark_lost() {
+                        stats.record_connection_lost();
+                        tracing::info!(
+                            connection = conn.link.connection(),
+                            "A replaced Devo connection did not close gracefully; what it carried lately may not have been read."
+                        );
+                    }
+                });
+            }
+            Err(_) => self.lose(conn, "no runtime to close it gracefully"),
+        }
+    }
+
+    /// Writes `bytes` once on a ready connection and returns its carrier; on failure the
+    /// connection is marked lost and dropped, and the error tells how many bytes reached
+    /// the socket.
+    async fn write_once(&mut self, bytes: &[u8]) -> Result<Carrier, OutputError> {
         let mut conn = self.ready_conn().await?;
         let mut written = 0usize;
         let total = bytes.len();
@@ -404,55 +559,53 @@ impl StreamOutput {
                 }
                 conn.io.flush().await
             };
-            let stepped = timeout(self.settings.write_timeout, step).await;
-            match stepped {
-                Ok(Ok(())) => written = end,
-                Ok(Err(source)) => {
-                    return Err(OutputError::Write {
-                        addr: self.settings.addr.clone(),
-                        written,
-                        total,
-                        source,
-                    });
+            let source = match timeout(self.settings.write_timeout, step).await {
+                Ok(Ok(())) => {
+                    written = end;
+                    continue;
                 }
-                Err(_) => {
-                    return Err(OutputError::Write {
-                        addr: self.settings.addr.clone(),
-                        written,
-                        total,
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("no progress for {secs} s"),
-                        ),
-                    });
-                }
-            }
+                Ok(Err(source)) => source,
+                Err(_) => std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no progress for {secs} s"),
+                ),
+            };
+            self.lose(conn, "write failed");
+            return Err(OutputError::Write {
+                addr: self.settings.addr.clone(),
+                written,
+                total,
+                source,
+            });
         }
         conn.last_write = Instant::now();
+        let carrier = conn.link.clone();
         self.conn = Some(conn);
-        Ok(())
+        Ok(carrier)
     }
 
     /// Writes the whole batch and flushes it to the socket, reconnecting and retrying with
-    /// backoff as configured. Returns `Ok` only once every byte was handed to the kernel.
+    /// backoff as configured. Returns `Ok` only once every byte was handed to the kernel,
+    /// with the [`Carrier`] that took the batch whole (`None` for an empty batch).
+    ///
+    /// A retry writes the batch again from its start (see the module docs): the connection
+    /// that failed may have lost any part of what it took, and the carrier returned is then
+    /// the new connection, which holds the whole batch.
     ///
     /// Cancel-safe in the sense that dropping the future drops the connection in use (the
     /// next call reconnects); the dropped batch may have been partly sent.
-    pub async fn write_batch(&mut self, bytes: &[u8]) -> Result<(), OutputError> {
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<Option<Carrier>, OutputError> {
         if bytes.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let mut offset = 0usize;
         loop {
-            match self.write_once(&bytes[offset..]).await {
-                Ok(()) => {
+            match self.write_once(bytes).await {
+                Ok(carrier) => {
                     self.backoff.reset();
                     self.stats.record_batch(bytes.len());
-                    return Ok(());
+                    return Ok(Some(carrier));
                 }
                 Err(e) => {
-                    let sent = e.written();
-                    offset = resume_offset(bytes, offset, sent, self.settings.resume);
                     self.stats.record_write_error(&e);
                     if e.is_permanent() {
                         tracing::error!(kind = self.label, error = %e, "Devo output failed permanently.");
@@ -460,13 +613,13 @@ impl StreamOutput {
                     }
                     match self.backoff.next_delay() {
                         Some(delay) => {
-                            tracing::warn!(kind = self.label, error = %e, resume_at = offset, retry_in_ms = delay.as_millis() as u64, "Devo write failed; will reconnect.");
+                            tracing::warn!(kind = self.label, error = %e, handed_over = e.written(), retry_in_ms = delay.as_millis() as u64, "Devo write failed; will reconnect and write the batch again from its start.");
                             tokio::time::sleep(delay).await;
                         }
                         None => {
                             return Err(OutputError::RetriesExhausted {
                                 attempts: self.backoff.attempts(),
-                                written: offset,
+                                written: e.written(),
                                 last: Box::new(e),
                             });
                         }
@@ -476,13 +629,61 @@ impl StreamOutput {
         }
     }
 
+    /// [`StreamOutput::send`] without the carrier: `Ok` once every byte was handed to the
+    /// kernel.
+    pub async fn write_batch(&mut self, bytes: &[u8]) -> Result<(), OutputError> {
+        self.send(bytes).await.map(|_| ())
+    }
+
+    /// Watches the open connection while no batch is being written: when the server closes
+    /// or resets it, marks it lost and drops it; when it has been idle for `max_idle`,
+    /// closes it gracefully (in the background) before Devo's balancer would drop it. The
+    /// next write reconnects either way. Pending for ever while no connection is open.
+    ///
+    /// Cancel-safe: meant to be raced against the next batch, so that a connection Devo
+    /// dropped is known lost within moments rather than at the next write, and batches it
+    /// carried are not committed meanwhile.
+    pub async fn watch(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return std::future::pending().await;
+        };
+        let idle_deadline = conn.last_write + self.settings.max_idle;
+        let mut buf = [0u8; 512];
+        let reason = loop {
+            tokio::select! {
+                read = conn.io.read(&mut buf) => match read {
+                    Ok(0) => break "the server closed the connection",
+                    // Devo sends no data; TLS messages (tickets) are handled by rustls.
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::debug!(addr = %self.settings.addr, error = %e, "Devo connection read failed.");
+                        break "the connection failed";
+                    }
+                },
+                () = tokio::time::sleep_until(idle_deadline) => {
+                    if let Some(conn) = self.conn.take() {
+                        tracing::debug!(addr = %self.settings.addr, "Closing idle Devo connection.");
+                        self.close_in_background(conn);
+                    }
+                    return;
+                }
+            }
+        };
+        if let Some(conn) = self.conn.take() {
+            self.lose(conn, reason);
+        }
+    }
+
     /// Everything is flushed at the end of each `write_batch`; this only checks that the
-    /// connection (if any) is still open and drops it if not, so the next write reconnects.
+    /// connection (if any) is still open and drops it (lost) if not, so the next write
+    /// reconnects.
     pub async fn flush(&mut self) -> Result<(), OutputError> {
         if let Some(conn) = self.conn.as_mut()
             && let Some(e) = conn.io.flush().await.err()
         {
-            self.conn = None;
+            if let Some(conn) = self.conn.take() {
+                self.lose(conn, "flush failed");
+            }
             return Err(OutputError::Write {
                 addr: self.settings.addr.clone(),
                 written: 0,
@@ -493,52 +694,56 @@ impl StreamOutput {
         Ok(())
     }
 
-    /// Half-closes, waits (bounded by `close_timeout`) for the server to close, then drops.
+    /// Half-closes, waits (bounded by `close_timeout`) for the server to close, then drops;
+    /// the connection counts as lost when the server did not close its side in time.
     pub async fn shutdown(&mut self) -> Result<(), OutputError> {
         if let Some(conn) = self.conn.take() {
-            close_gracefully(conn.io, self.settings.close_timeout).await;
+            conn.link.mark_closing();
+            if close_gracefully(conn.io, self.settings.close_timeout).await {
+                conn.link.mark_closed();
+            } else if conn.link.mark_lost() {
+                self.stats.record_connection_lost();
+                tracing::warn!(
+                    kind = self.label,
+                    addr = %self.settings.addr,
+                    "The Devo connection did not close gracefully; what it carried lately may not have been read."
+                );
+            }
         }
         Ok(())
     }
 
-    /// Drops the current connection without a graceful close (tests, fatal errors).
+    /// Drops the current connection without a graceful close (tests, fatal errors); it
+    /// counts as lost.
     pub fn abort_connection(&mut self) {
-        self.conn = None;
-    }
-}
-
-/// Where a batch restarts after `sent` more bytes (from `offset`) reached the socket before
-/// a failure: after the last complete line for [`Resume::LineBoundary`], else at 0.
-pub fn resume_offset(bytes: &[u8], offset: usize, sent: usize, resume: Resume) -> usize {
-    match resume {
-        Resume::LineBoundary => {
-            let sent = sent.min(bytes.len().saturating_sub(offset));
-            offset
-                + bytes[offset..offset + sent]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |p| p + 1)
+        if let Some(conn) = self.conn.take() {
+            self.lose(conn, "aborted");
         }
-        Resume::BatchStart => 0,
     }
 }
 
-/// Half-close, then read and discard until the server closes or `limit` passes.
-async fn close_gracefully(mut io: Io, limit: Duration) {
+/// Half-close, then read and discard until the server closes or `limit` passes. True when
+/// the server closed its side (it read everything we sent).
+async fn close_gracefully(mut io: Io, limit: Duration) -> bool {
     let wait = async {
         if io.shutdown().await.is_err() {
-            return;
+            return false;
         }
         let mut buf = [0u8; 1024];
         loop {
             match io.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return true,
+                Err(_) => return false,
                 Ok(_) => continue,
             }
         }
     };
-    if timeout(limit, wait).await.is_err() {
-        tracing::debug!("Devo server did not close its side in time; dropping the connection.");
+    match timeout(limit, wait).await {
+        Ok(closed) => closed,
+        Err(_) => {
+            tracing::debug!("Devo server did not close its side in time; dropping the connection.");
+            false
+        }
     }
 }
 
@@ -546,16 +751,34 @@ async fn close_gracefully(mut io: Io, limit: Duration) {
 mod tests {
     use super::*;
 
-    // Proves a retry resumes after the last fully sent line (the partial line is re-sent
-    // whole), stays put when no line was completed, and restarts for BatchStart.
+    // Proves a carrier starts not lost, is marked lost exactly once, and its clones share it.
     #[test]
-    fn resume_points() {
-        let b = b"aaa\nbbb\nccc\n";
-        assert_eq!(resume_offset(b, 0, 6, Resume::LineBoundary), 4);
-        assert_eq!(resume_offset(b, 0, 8, Resume::LineBoundary), 8);
-        assert_eq!(resume_offset(b, 4, 2, Resume::LineBoundary), 4);
-        assert_eq!(resume_offset(b, 4, 100, Resume::LineBoundary), 12);
-        assert_eq!(resume_offset(b, 0, 0, Resume::LineBoundary), 0);
-        assert_eq!(resume_offset(b, 4, 6, Resume::BatchStart), 0);
+    fn carrier_loss_is_shared_and_counted_once() {
+        let c = Carrier::new(1, 3);
+        let seen_by_caller = c.clone();
+        assert!(!seen_by_caller.is_lost());
+        assert!(c.mark_lost(), "first mark");
+        assert!(!c.mark_lost(), "second mark is not a new loss");
+        assert!(seen_by_caller.is_lost());
+        assert_eq!(
+            (seen_by_caller.connection(), seen_by_caller.serial()),
+            (1, 3)
+        );
+    }
+
+    // Proves a graceful close goes open -> closing -> closed and can no longer become lost,
+    // while a close that fails midway ends lost.
+    #[test]
+    fn carrier_graceful_close_states() {
+        let c = Carrier::new(0, 1);
+        c.mark_closing();
+        assert_eq!(c.state(), LinkState::Closing);
+        c.mark_closed();
+        assert_eq!(c.state(), LinkState::Closed);
+        assert!(!c.mark_lost(), "a completed graceful close stays closed");
+        let d = Carrier::new(0, 2);
+        d.mark_closing();
+        assert!(d.mark_lost());
+        assert_eq!(d.state(), LinkState::Lost);
     }
 }
