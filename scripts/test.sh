@@ -10,11 +10,14 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
-# 1. System packages: OpenSSL headers for rdkafka's `ssl` feature; kcat to inspect topics.
+# 1. System packages: OpenSSL headers for rdkafka's `ssl` feature; kcat to inspect topics;
+#    sqlite3 for the chaos test.
 missing=()
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+# The chaos test reads (and repairs) tansu's consumer-group tables with the sqlite3 shell.
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -3,13 +3,16 @@
 //! line on stdout (base URL, port, token URLs, cert paths, and under `"devo"` the fake Devo's
 //! addresses, output directory and certificate paths) once it serves, then runs until
 //! SIGINT (Ctrl-C) or SIGTERM, shuts down cleanly (flushing `--devo-out` files) and prints a
-//! JSON "stopped" line.
+//! JSON "stopped" line. With `--control` it also serves the runtime control API
+//! ([`m365_sim::control`]) at `control_url`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser};
+use m365_sim::control::{ControlServer, ControlState};
 use m365_sim::devo::{FakeDevo, FakeDevoConfig};
 use m365_sim::tenant::{
     AppSpec, FaultSpec, Intrusion, RecordFileSpec, SimConfig, Simulator, TEST_CLIENT_ID,
@@ -111,6 +114,19 @@ struct Cli {
     /// Write ca.pem, server.pem, ... here (TLS mode).
     #[arg(long)]
     cert_dir: Option<PathBuf>,
+    /// Lifetime of issued access tokens, in seconds.
+    #[arg(long, default_value_t = 3599, value_parser = clap::value_parser!(u64).range(1..))]
+    token_lifetime_secs: u64,
+    /// Fraction of listed blobs that expire right after the listing (expiry race).
+    #[arg(long, default_value_t = 0.0)]
+    expiry_race_fraction: f64,
+    /// Serve the runtime control API (faults, token expiry, fake Devo stop/resume, truth)
+    /// over plain HTTP on the `--bind` address; its URL is `control_url` in the ready line.
+    #[arg(long)]
+    control: bool,
+    /// Port of the control API (0 = any free port).
+    #[arg(long, default_value_t = 0, requires = "control")]
+    control_port: u16,
     #[command(flatten)]
     devo: DevoArgs,
 }
@@ -364,6 +380,7 @@ fn config(cli: &Cli) -> anyhow::Result<SimConfig> {
         blob_interval_secs: cli.blob_interval_secs,
         seed: cli.seed,
         clock_skew_secs: cli.clock_skew_secs,
+        token_lifetime_secs: cli.token_lifetime_secs,
         strict_window: !cli.lenient_window,
         throttle: ThrottleSpec {
             tenant_per_minute: cli.tenant_rate_per_minute,
@@ -380,6 +397,7 @@ fn config(cli: &Cli) -> anyhow::Result<SimConfig> {
             late_blob_fraction: cli.late_blob_fraction,
             late_blob_delay_secs: cli.late_blob_delay_secs,
             duplicate_record_fraction: cli.duplicate_record_fraction,
+            expiry_race_fraction: cli.expiry_race_fraction,
             ..FaultSpec::default()
         },
         scenario: cli.intrusion.then(Intrusion::default),
@@ -432,7 +450,19 @@ async fn main() -> anyhow::Result<()> {
             paths.client_key.display().to_string().into(),
         );
     }
-    let devo = start_devo(&cli.devo, cli.bind, cli.cert_dir.as_deref(), &mut ready).await?;
+    let devo = start_devo(&cli.devo, cli.bind, cli.cert_dir.as_deref(), &mut ready)
+        .await?
+        .map(Arc::new);
+    let control = if cli.control {
+        let state = ControlState::new(sim.handle(), devo.clone());
+        let server = ControlServer::start(SocketAddr::new(cli.bind, cli.control_port), state)
+            .await
+            .context("starting the control API")?;
+        ready.insert("control_url".into(), server.url().into());
+        Some(server)
+    } else {
+        None
+    };
     let stop = shutdown_signal()?;
     println!("{}", serde_json::Value::Object(ready));
     let signal = stop.await;
@@ -440,10 +470,17 @@ async fn main() -> anyhow::Result<()> {
     let mut stopped = serde_json::Map::new();
     stopped.insert("event".into(), "stopped".into());
     stopped.insert("signal".into(), signal.into());
+    if let Some(control) = control {
+        control.shutdown().await;
+    }
     if let Some(devo) = devo {
         // `shutdown` consumes the fake (and flushes the out-dir files): count first.
         let stats = devo.stats();
-        devo.shutdown().await;
+        match Arc::try_unwrap(devo) {
+            Ok(devo) => devo.shutdown().await,
+            // A control task still holds it: flush what was received; dropping stops it.
+            Err(shared) => shared.flush_persisted().await,
+        }
         stopped.insert("devo_lines_received".into(), stats.lines_received.into());
         stopped.insert(
             "devo_handshake_failures".into(),

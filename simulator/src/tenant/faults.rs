@@ -254,6 +254,9 @@ impl FaultState {
 pub struct FaultHandle {
     pub(crate) state: Arc<Mutex<FaultState>>,
     pub(crate) skew_secs: Arc<AtomicI64>,
+    /// Access tokens issued (`iat`, server clock, Unix seconds) before this are refused
+    /// with 401, as if they had expired; `i64::MIN` = none refused.
+    pub(crate) tokens_valid_from: Arc<AtomicI64>,
 }
 
 impl FaultHandle {
@@ -319,5 +322,18 @@ impl FaultHandle {
     /// Current server clock offset.
     pub fn clock_skew_secs(&self) -> i64 {
         self.skew_secs.load(Ordering::Relaxed)
+    }
+
+    /// Make every access token issued before `at_unix_secs` (server clock) expire now: the
+    /// Activity API answers 401 to them, so clients must fetch a new one. Tokens issued in
+    /// that same second or later stay valid, so a refresh right after always works.
+    pub fn expire_tokens_issued_before(&self, at_unix_secs: i64) {
+        self.tokens_valid_from
+            .fetch_max(at_unix_secs, Ordering::Relaxed);
+    }
+
+    /// Whether a token issued at `iat` (Unix seconds) has been expired early.
+    pub(crate) fn token_expired_early(&self, iat: i64) -> bool {
+        iat < self.tokens_valid_from.load(Ordering::Relaxed)
     }
 }

@@ -132,6 +132,48 @@ impl Shared {
     }
 }
 
+/// A clonable handle on a running [`Simulator`]: truth, faults and token expiry, for
+/// control endpoints and background tasks. It keeps the state alive, not the server.
+#[derive(Clone)]
+pub struct SimHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("base_url", &self.shared.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimHandle {
+    /// Ground truth snapshot.
+    pub fn truth(&self) -> Truth {
+        self.shared.truth()
+    }
+
+    /// Runtime control of faults, quotas and clock skew.
+    pub fn faults(&self) -> FaultHandle {
+        self.shared.faults.clone()
+    }
+
+    /// Make every access token issued so far expire now (the API answers 401 to them).
+    pub fn expire_tokens(&self) {
+        self.shared
+            .faults
+            .expire_tokens_issued_before(self.shared.now().timestamp());
+    }
+
+    /// Exact counters over every request.
+    pub fn request_summary(&self) -> RequestSummary {
+        let st = self.shared.lock();
+        let mut s = st.summary.clone();
+        s.tokens_issued = st.tokens_issued;
+        s
+    }
+}
+
 /// A running fake tenant. Dropping it without [`Simulator::shutdown`] also stops serving.
 pub struct Simulator {
     shared: Arc<Shared>,
@@ -190,6 +232,7 @@ impl Simulator {
                 cfg.seed,
             ))),
             skew_secs: skew,
+            tokens_valid_from: Arc::new(AtomicI64::new(i64::MIN)),
         };
         let started_at = Utc::now() + Duration::seconds(cfg.clock_skew_secs);
         let ctxs = cfg
@@ -310,6 +353,20 @@ impl Simulator {
     /// Ground truth snapshot.
     pub fn truth(&self) -> Truth {
         self.shared.truth()
+    }
+
+    /// Make every access token issued so far expire now (the API answers 401 to them).
+    pub fn expire_tokens(&self) {
+        self.shared
+            .faults
+            .expire_tokens_issued_before(self.now().timestamp());
+    }
+
+    /// A cheap handle for runtime control from other tasks (see [`SimHandle`]).
+    pub fn handle(&self) -> SimHandle {
+        SimHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Rules broken by clients so far.

@@ -360,7 +360,9 @@ async fn api_inner(
     let authz = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let Some(claims) = auth::verify_bearer(&sh.env, &sh.token_key, authz, now) else {
+    let Some(claims) = auth::verify_bearer(&sh.env, &sh.token_key, authz, now)
+        .filter(|c| !sh.faults.token_expired_early(c.iat))
+    else {
         return unauthorized();
     };
     if uuid::Uuid::parse_str(tenant).is_err() {
