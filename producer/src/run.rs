@@ -48,6 +48,10 @@ use crate::settings::{Coordination, ProducerSettings, SettingsError};
 use crate::state::{Recovered, StreamId};
 use crate::stream::{API_HORIZON, Shared, Step, Stream, TickError};
 
+/// Attempts at reading `m365.state` (and the tail of `m365.uris`) when adopting streams
+/// before giving up: with the backoff doubling from 1 s to 30 s, about four minutes.
+const STATE_READ_ATTEMPTS: u32 = 12;
+
 /// One tenant the producer serves.
 pub struct TenantRuntime {
     pub tenant_id: String,
@@ -322,14 +326,34 @@ impl Owner {
         }
 
         // 2. + 3. State, and without transactions the URIs the ledger may lack.
+        // A broker restart while reading is weathered here rather than ending the process:
+        // nothing has been listed for these streams yet, so reading again is always safe.
         let topics = self.kafka.topics();
-        let table = kafka::read_table(&self.kafka, &topics.state).await?;
-        let mut recovered = Recovered::from_table(&table);
+        let mut delay = StdDuration::from_secs(1);
+        let mut attempt = 1u32;
+        let mut recovered = loop {
+            let read = async {
+                let table = kafka::read_table(&self.kafka, &topics.state).await?;
+                let mut recovered = Recovered::from_table(&table);
+                if !transactional {
+                    recover_from_uris(&self.kafka, &ids, &mut recovered).await?;
+                }
+                Ok::<_, ProducerError>(recovered)
+            }
+            .await;
+            match read {
+                Ok(r) => break r,
+                Err(e) if attempt < STATE_READ_ATTEMPTS => {
+                    warn!(error = %e, attempt, retry_in_secs = delay.as_secs(), "Reading the producer state failed; trying again.");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(StdDuration::from_secs(30));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         for key in &recovered.undecodable {
             warn!(key = %key, "Ignoring a state value this version cannot read.");
-        }
-        if !transactional {
-            recover_from_uris(&self.kafka, &ids, &mut recovered).await?;
         }
 
         // 4. Subscriptions, start records, tasks.
