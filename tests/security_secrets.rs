@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use m365_common::kafka::{EmbeddedBroker, ensure_topics};
+use m365_common::testkit::assert_absent;
 use m365_sim::devo::{FakeDevo, FakeDevoConfig};
 use m365_sim::tenant::{AppSpec, ContentType, SimConfig, Simulator, TEST_CLIENT_ID};
 use serde_json::json;
@@ -22,18 +23,6 @@ const CERT_TENANT: &str = "66666666-7777-4888-9999-aaaaaaaaaaaa";
 const CLIENT_SECRET: &str = "devo-secret-ClientSecret-5Nq8Wd2Kx";
 const SASL_PASSWORD: &str = "devo-secret-SaslPassword-1Zr4Fh7Ju";
 const DEVO_TOKEN: &str = "devosecretDevoToken3Ym6Gb9Tc";
-
-/// Fails naming the secret (and a little context, never the whole log) if `text` holds it.
-fn assert_absent(text: &str, what: &str, secret: &str) {
-    if let Some(at) = text.find(secret) {
-        let from = text[..at]
-            .char_indices()
-            .rev()
-            .nth(80)
-            .map_or(0, |(i, _)| i);
-        panic!("{what} appears in the output, after: {:?}", &text[from..at]);
-    }
-}
 
 /// Asserts none of the configured secrets (nor a JWT) is in `text`.
 fn assert_no_secrets(text: &str, key_pem: &str) {

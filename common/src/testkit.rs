@@ -137,3 +137,16 @@ pub fn sim_api_client(
         http,
     ))
 }
+
+/// Fails naming `what` (and up to 80 characters before it, never the secret or the whole
+/// text) if `text` holds `secret`. For the tests that run a binary with known secrets.
+pub fn assert_absent(text: &str, what: &str, secret: &str) {
+    if let Some(at) = text.find(secret) {
+        let from = text[..at]
+            .char_indices()
+            .rev()
+            .nth(80)
+            .map_or(0, |(i, _)| i);
+        panic!("{what} appears in the output, after: {:?}", &text[from..at]);
+    }
+}

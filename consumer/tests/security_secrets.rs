@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use consumer_support::*;
 use m365_common::kafka::KafkaSettings;
+use m365_common::testkit::assert_absent;
 use m365_common::testkit::{BrokerKind, TestBroker};
 use m365_sim::Simulator;
 use m365_sim::tenant::{AppSpec, ContentType, TEST_CLIENT_ID};
@@ -92,18 +93,6 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
         let _ = r.read_to_end(&mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     })
-}
-
-/// Fails naming the secret (and a little context, never the whole log) if `text` holds it.
-fn assert_absent(text: &str, what: &str, secret: &str) {
-    if let Some(at) = text.find(secret) {
-        let from = text[..at]
-            .char_indices()
-            .rev()
-            .nth(80)
-            .map_or(0, |(i, _)| i);
-        panic!("{what} appears in the output, after: {:?}", &text[from..at]);
-    }
 }
 
 // Proves that a consumer run at trace level, which fetched tokens with a client secret and with

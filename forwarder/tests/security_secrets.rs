@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use forwarder_support::populate;
 use m365_common::kafka::{EmbeddedBroker, KafkaSettings, ensure_topics};
+use m365_common::testkit::assert_absent;
 use m365_sim::devo::{FakeDevo, FakeDevoConfig};
 use rand::Rng;
 
@@ -19,18 +20,6 @@ const DEVO_TOKEN: &str = "fwdsecretDevoToken8Kd2Lp5Qx";
 const WRONG_TOKEN: &str = "fwdsecretWrongToken4Hs9Vb1Ne";
 const SASL_PASSWORD: &str = "fwd-secret-SaslPassword-7Tg3Mc6Wy";
 const EVENTS: usize = 200;
-
-/// Fails naming the secret (and a little context) if `text` holds it.
-fn assert_absent(text: &str, what: &str, secret: &str) {
-    if let Some(at) = text.find(secret) {
-        let from = text[..at]
-            .char_indices()
-            .rev()
-            .nth(80)
-            .map_or(0, |(i, _)| i);
-        panic!("{what} appears in the output, after: {:?}", &text[from..at]);
-    }
-}
 
 fn assert_no_secrets(text: &str, key_pem: &str) {
     assert_absent(text, "the Devo token", DEVO_TOKEN);
