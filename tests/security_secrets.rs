@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use m365_common::kafka::{EmbeddedBroker, ensure_topics};
 use m365_common::testkit::assert_absent;
+use m365_common::testkit::free_port;
 use m365_sim::devo::{FakeDevo, FakeDevoConfig};
 use m365_sim::tenant::{AppSpec, ContentType, SimConfig, Simulator, TEST_CLIENT_ID};
 use serde_json::json;
@@ -165,14 +166,6 @@ async fn doctor_and_check_config_at_trace_print_no_secret() {
 
     sim.shutdown().await;
     devo.shutdown().await;
-}
-
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// `GET path` on the run's metrics listener; the body, or None while it is not up.

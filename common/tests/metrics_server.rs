@@ -10,6 +10,7 @@ use m365_common::metrics::{
     self, API_REQUESTS, AUTH_TOKENS_ISSUED, GroupTopic, KAFKA_BROKER_REACHABLE, KAFKA_CONSUMER_LAG,
     KafkaMonitorSettings, READY, READY_KAFKA, READY_OUTPUT, Readiness, Scraped,
 };
+use m365_common::testkit::eventually;
 use m365_common::testkit::{BrokerKind, TestBroker, sim_api_client};
 use m365_sim::tenant::config::{TEST_CLIENT_ID, TEST_CLIENT_SECRET};
 use m365_sim::tenant::faults::{FaultKind, FaultTarget};
@@ -30,24 +31,6 @@ async fn readyz(addr: std::net::SocketAddr) -> (u16, Value) {
         status,
         serde_json::from_str(&body).expect("/readyz is JSON"),
     )
-}
-
-/// Polls `check` every 200 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn fast_monitor(groups: Vec<GroupTopic>) -> KafkaMonitorSettings {

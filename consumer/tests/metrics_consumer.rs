@@ -14,30 +14,13 @@ use m365_common::metrics::{
     self, API_REQUESTS, CONSUMER_BLOBS_FETCHED, CONSUMER_RECORDS_IN, CONSUMER_RECORDS_OUT,
     KAFKA_CONSUMER_LAG, KafkaMonitorSettings, READY_OUTPUT, Readiness, Scraped,
 };
+use m365_common::testkit::eventually;
 use m365_common::testkit::{BrokerKind, TestBroker};
 use m365_consumer::ConsumerSettings;
 use m365_consumer::internal_events::ConsumerStats;
 use m365_producer::internal_events::ProducerStats;
 use m365_sim::Simulator;
 use tokio_util::sync::CancellationToken;
-
-/// Polls `check` every 300 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
 
 fn records_out_by_tag(s: &Scraped) -> BTreeMap<String, u64> {
     s.matching(CONSUMER_RECORDS_OUT.name, &[])

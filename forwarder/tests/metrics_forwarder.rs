@@ -16,6 +16,7 @@ use m365_common::metrics::{
     FORWARDER_EVENTS_IN, FORWARDER_HEALTH_IN, FORWARDER_LINES, FORWARDER_RECONNECTS,
     KAFKA_CONSUMER_LAG, KafkaMonitorSettings, Readiness, Scraped,
 };
+use m365_common::testkit::eventually;
 use m365_common::testkit::{BrokerKind, TestBroker};
 use m365_forwarder::ForwarderSettings;
 use m365_forwarder::framing::LineFormat;
@@ -25,24 +26,6 @@ use m365_sim::devo::{FakeDevo, FakeDevoConfig};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Polls `check` every 250 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 fn lines_by_tag(s: &Scraped) -> BTreeMap<String, u64> {
     s.matching(FORWARDER_LINES.name, &[])

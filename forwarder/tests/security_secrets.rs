@@ -12,6 +12,7 @@ use std::time::Duration;
 use forwarder_support::populate;
 use m365_common::kafka::{EmbeddedBroker, KafkaSettings, ensure_topics};
 use m365_common::testkit::assert_absent;
+use m365_common::testkit::free_port;
 use m365_sim::devo::{FakeDevo, FakeDevoConfig};
 use rand::Rng;
 
@@ -29,13 +30,6 @@ fn assert_no_secrets(text: &str, key_pem: &str) {
     for line in key_pem.lines().filter(|l| l.len() >= 40) {
         assert_absent(text, "a line of the client key", line);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 async fn broker_with_events(prefix: &str) -> (EmbeddedBroker, KafkaSettings) {

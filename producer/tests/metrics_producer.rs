@@ -12,6 +12,7 @@ use m365_common::metrics::{
     self, API_REQUESTS, API_THROTTLES, KafkaMonitorSettings, PRODUCER_BLOBS_EMITTED,
     PRODUCER_CURSOR_LAG, PRODUCER_HORIZON_REMAINING, READY_OUTPUT, Readiness, Scraped,
 };
+use m365_common::testkit::eventually;
 use m365_common::testkit::{BrokerKind, TestBroker};
 use m365_producer::internal_events::ProducerStats;
 use m365_sim::Simulator;
@@ -21,24 +22,6 @@ use support::*;
 use tokio_util::sync::CancellationToken;
 
 const DAY: f64 = 86_400.0;
-
-/// Polls `check` every 300 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
 
 fn stream_value(s: &Scraped, name: &str, tenant: &str, ct: ContentType) -> Option<f64> {
     s.get(name, &[("tenant", tenant), ("content_type", ct.as_str())])
