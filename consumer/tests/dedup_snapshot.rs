@@ -1,7 +1,9 @@
 //! Dedup snapshots: a round trip (whole or in parts) preserves every answer, the seed and the
 //! parameters; damaged, foreign, incomplete or future-version input is refused clearly.
 
-use m365_consumer::dedup::{Dedup, DedupError, DedupSettings, PART_OVERHEAD_BYTES};
+use m365_consumer::dedup::{
+    Dedup, DedupError, DedupSettings, PART_OVERHEAD_BYTES, SNAPSHOT_VERSION,
+};
 
 fn id(n: u64) -> String {
     format!("rec-{n:016x}")
@@ -92,6 +94,39 @@ fn default_snapshot_splits_into_kafka_sized_parts() {
     assert_eq!(restored.plan(), dedup.plan());
 }
 
+// Proves a snapshot written by format version 1 (the fixture was written by that build: 1,200
+// ids, seed fixed) is still restored, remembers every id, keeps deriving positions the old way
+// (re-snapshotting gives the same bytes) and goes on deduplicating; new filters write version 2.
+#[test]
+fn version_1_snapshot_is_restored_with_its_scheme() {
+    let fixture = include_bytes!("fixtures/dedup-v1.bin");
+    let mut restored = Dedup::from_snapshot(fixture).unwrap();
+    assert_eq!(restored.format_version(), 1);
+    let v1_id = |n: u64| {
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8000-{:012x}",
+            n as u32,
+            (n >> 32) as u16,
+            n % 4096,
+            n
+        )
+    };
+    for n in 0..1_200 {
+        assert!(restored.contains(&v1_id(n)), "id {n} forgotten");
+    }
+    assert_eq!(restored.to_snapshot(), fixture.to_vec());
+    let parts = restored.to_snapshot_parts(2_048);
+    assert_eq!(
+        Dedup::from_snapshot_parts(&parts).unwrap().format_version(),
+        1
+    );
+    assert!(!restored.check_and_insert(&v1_id(7)));
+    assert!(restored.check_and_insert("a fresh id"));
+    assert!(restored.contains("a fresh id"));
+    assert_eq!(filled().format_version(), SNAPSHOT_VERSION);
+    assert_eq!(filled().to_snapshot()[8], SNAPSHOT_VERSION as u8);
+}
+
 // Proves a flipped bit anywhere, a wrong version, a foreign blob and a cut snapshot are
 // refused with the matching error.
 #[test]
@@ -108,16 +143,22 @@ fn corrupted_snapshots_are_refused() {
         assert!(err.to_string().contains("checksum"));
     }
     let mut future = bytes.clone();
-    future[8] = 2;
+    future[8] = 3;
     let err = Dedup::from_snapshot(&future).unwrap_err();
     assert_eq!(
         err,
         DedupError::UnsupportedVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: SNAPSHOT_VERSION
         }
     );
-    assert!(err.to_string().contains("version 2"));
+    assert!(err.to_string().contains("version 3"));
+    let mut ancient = bytes.clone();
+    ancient[8] = 0;
+    assert!(matches!(
+        Dedup::from_snapshot(&ancient).unwrap_err(),
+        DedupError::UnsupportedVersion { found: 0, .. }
+    ));
     assert_eq!(
         Dedup::from_snapshot(b"{\"json\":true}").unwrap_err(),
         DedupError::BadMagic
