@@ -22,14 +22,19 @@
 //! `batch_max_wait` after its first record. At most `max_in_flight` batches are with the
 //! writer at once (the output retries a failed write with backoff until it succeeds). When
 //! `max_in_flight` sealed batches wait for room besides those, or the batches held in
-//! memory exceed `max_held_bytes`, every assigned partition is paused; `recv` keeps being
-//! polled (it serves rebalances and returns nothing new) and the partitions resume once no
-//! sealed batch waits any more. The gap between the two thresholds matters: librdkafka
-//! drops its prefetched records on every pause, so pausing per batch would refetch all the
-//! time. Memory is thus bounded by twice the in-flight batches, one open batch and
-//! librdkafka's prefetch (`queued.max.messages.kbytes`, sized from the batch limit unless
-//! configured; `fetch.queue.backoff.ms` is lowered from librdkafka's 1 s so that a small
-//! prefetch queue is refilled as soon as it is drained instead of a second later).
+//! memory exceed `max_held_bytes`, the loop *holds*: it stops polling `recv`, librdkafka's
+//! prefetch queue fills and its fetches stop, and nothing is dropped. Only a hold longer
+//! than `pause_after` (Devo slow or away) pauses every assigned partition, so that `recv`
+//! is polled again (it serves rebalances and returns nothing new); the partitions resume once
+//! no sealed batch waits any more. Pausing is kept for long waits only because librdkafka
+//! drops its prefetched records on every pause: pausing at every full round (as an earlier
+//! version did) refetched all the time and halved throughput. Memory is thus bounded by
+//! twice the in-flight batches, one open batch and librdkafka's prefetch
+//! (`queued.max.messages.kbytes`, sized from the batch limit unless configured;
+//! `fetch.queue.backoff.ms` is lowered from librdkafka's 1 s so that a small prefetch queue
+//! is refilled as soon as it is drained instead of a second later). A batch is sealed when
+//! full, `batch_max_wait` after its first record, or [`IDLE_SEAL`] after its last record
+//! while the writer has nothing to do.
 //!
 //! # Commits
 //! Slots are committed strictly in the order they were sealed, so a later batch delivered
@@ -106,6 +111,9 @@ const MAX_TAG_LEN: usize = 256;
 /// librdkafka's `fetch.queue.backoff.ms` unless configured (its default is 1000).
 const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 
+/// An open batch is sealed this long after its last record when the writer is idle.
+const IDLE_SEAL: Duration = Duration::from_millis(5);
+
 /// Distinct tags remembered before the intern table is cleared.
 const MAX_INTERNED_TAGS: usize = 4096;
 
@@ -168,6 +176,7 @@ pub struct Batch {
     offsets: BTreeMap<(u8, i32), i64>,
     framed_bytes: usize,
     first_at: Option<Instant>,
+    last_at: Option<Instant>,
 }
 
 impl Batch {
@@ -192,12 +201,14 @@ impl Batch {
         self.records.push((tag, start, self.data.len()));
         self.framed_bytes += framed;
         self.first_at.get_or_insert(now);
+        self.last_at = Some(now);
     }
 
     fn note_offset(&mut self, topic: u8, partition: i32, next: i64, now: Instant) {
         let e = self.offsets.entry((topic, partition)).or_insert(next);
         *e = (*e).max(next);
         self.first_at.get_or_insert(now);
+        self.last_at = Some(now);
     }
 
     /// `(tag, record)` pairs for [`Output::submit_records`].
@@ -353,11 +364,19 @@ impl Batches {
         }
     }
 
-    /// When the open batch must be sealed by time.
+    /// When the open batch must be sealed by time: `batch_max_wait` after its first record,
+    /// or, while the writer has nothing to do, [`IDLE_SEAL`] after the last record (the
+    /// topic is drained for now; waiting longer would only add latency).
     fn current_deadline(&self) -> Option<Instant> {
-        self.current
+        let by_age = self
+            .current
             .first_at
-            .map(|t| t + self.settings.batch_max_wait)
+            .map(|t| t + self.settings.batch_max_wait)?;
+        let writer_idle = self.submitted == 0 && self.waiting() == 0;
+        match self.current.last_at {
+            Some(last) if writer_idle => Some(by_age.min(last + IDLE_SEAL)),
+            _ => Some(by_age),
+        }
     }
 
     /// Seals the open batch into a queued slot.
@@ -647,6 +666,7 @@ pub async fn run(
     let out_stats = Arc::clone(output.stats());
     let max_in_flight = settings.max_in_flight.max(1);
     let drain_timeout = settings.drain_timeout;
+    let pause_after = settings.pause_after;
     let (job_tx, job_rx) = mpsc::channel::<(u64, Arc<Batch>)>(max_in_flight + 1);
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer(output, job_rx, ev_tx));
@@ -657,6 +677,7 @@ pub async fn run(
     });
     let mut commits = Commits::default();
     let mut paused = false;
+    let mut blocked_since: Option<Instant> = None;
     let mut stop_deadline: Option<Instant> = None;
 
     let result: Result<(), RunError> = loop {
@@ -689,20 +710,31 @@ pub async fn run(
                 break Ok(());
             }
         } else {
-            // The flag changes only once librdkafka took the change: a resume that failed is
-            // tried again, never left half-done with partitions paused for good.
-            if !paused && b.blocked() {
-                if set_paused(&consumer, true) {
+            // Short waits hold: `recv` is not polled, librdkafka's prefetch fills and its
+            // fetches stop (nothing is dropped). Only a wait longer than `pause_after` pauses
+            // the partitions, so `recv` serves rebalances again while Devo is away. The flag
+            // changes only once librdkafka took the change: a resume that failed is tried
+            // again, never left half-done with partitions paused for good.
+            if b.blocked() {
+                let since = *blocked_since.get_or_insert(now);
+                if !paused && now >= since + pause_after && set_paused(&consumer, true) {
                     paused = true;
                     stats.pauses.inc();
                     tracing::debug!("Batches wait for Devo; pausing Kafka consumption.");
                 }
-            } else if paused && b.may_resume() && set_paused(&consumer, false) {
-                paused = false;
-                tracing::debug!("Resuming Kafka consumption.");
+            } else {
+                blocked_since = None;
+                if paused && b.may_resume() && set_paused(&consumer, false) {
+                    paused = false;
+                    tracing::debug!("Resuming Kafka consumption.");
+                }
             }
         }
-        let wake = [b.next_wake(), stop_deadline]
+        let holding = stop_deadline.is_none() && !paused && blocked_since.is_some();
+        let pause_due = blocked_since
+            .filter(|_| holding)
+            .map(|since| since + pause_after);
+        let wake = [b.next_wake(), stop_deadline, pause_due]
             .into_iter()
             .flatten()
             .min()
@@ -731,7 +763,7 @@ pub async fn run(
                     b.seal();
                 }
             }
-            m = consumer.recv(), if stop_deadline.is_none() => match m {
+            m = consumer.recv(), if stop_deadline.is_none() && !holding => match m {
                 Ok(m) => {
                     add_message(&mut b, &topics, &m, &stats);
                     if paused {
@@ -859,6 +891,11 @@ fn add_message(
     } else {
         None
     };
+    if topic == EVENTS
+        && let Some(progress) = &b.settings.read_progress
+    {
+        progress.read_up_to(m.partition(), m.offset() + 1);
+    }
     b.add(
         topic,
         m.partition(),
@@ -1013,6 +1050,29 @@ mod tests {
 
     fn state(b: &Batches, i: usize) -> &SlotState {
         &b.slots[i].state
+    }
+
+    // Proves the open batch is sealed IDLE_SEAL after its last record while the writer has
+    // nothing to do (the topic is drained: waiting longer only adds latency), and only by its
+    // age (batch_max_wait) while batches are with the writer or wait for it.
+    #[test]
+    fn idle_writer_seals_early_busy_writer_by_age() {
+        let stats = ForwarderStats::default();
+        let mut b = Batches::new(settings(1 << 20, 2));
+        assert_eq!(b.current_deadline(), None, "nothing open");
+        let t0 = Instant::now();
+        b.add(EVENTS, 0, 0, Some(b"a"), Some(&rec(0)), t0, &stats);
+        let t1 = t0 + Duration::from_millis(3);
+        b.add(EVENTS, 0, 1, Some(b"a"), Some(&rec(1)), t1, &stats);
+        assert_eq!(b.current_deadline(), Some(t1 + IDLE_SEAL));
+        b.seal();
+        assert_eq!(b.take_submittable(t1).len(), 1);
+        b.add(EVENTS, 0, 2, Some(b"a"), Some(&rec(2)), t1, &stats);
+        assert_eq!(
+            b.current_deadline(),
+            Some(t1 + b.settings.batch_max_wait),
+            "a batch is with the writer: fill the next one"
+        );
     }
 
     // Proves batches are sealed before exceeding the byte limit, tags fall back when the

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use m365_common::backlog::Backlog;
 use m365_common::config::{self, Config, DevoSettings};
 
 use crate::framing::{DateStyle, LineFormat, ZipBatcher};
@@ -69,6 +70,14 @@ pub struct ForwarderSettings {
     pub max_held_bytes: usize,
     /// How long a stop may take to deliver and commit what is in flight.
     pub drain_timeout: Duration,
+    /// How long reading may wait for room (with librdkafka's prefetch full and its fetches
+    /// stopped) before the partitions are paused, so that rebalances are served again while
+    /// Devo is slow or away. Pausing drops the prefetched records (they are fetched again
+    /// on resume), so short waits only hold.
+    pub pause_after: Duration,
+    /// In one process with the embedded broker: told every events record read, so the
+    /// consumer runs only so far ahead (see `m365_common::backlog`).
+    pub read_progress: Option<Arc<Backlog>>,
 }
 
 impl ForwarderSettings {
@@ -88,6 +97,8 @@ impl ForwarderSettings {
             commit_delay: Duration::from_millis(500),
             max_held_bytes: 64 << 20,
             drain_timeout: Duration::from_secs(30),
+            pause_after: Duration::from_secs(3),
+            read_progress: None,
         }
     }
 
