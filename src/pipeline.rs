@@ -6,65 +6,21 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use std::time::Duration;
 
 use m365_common::backlog::Backlog;
 use m365_common::config::Config;
 use m365_common::kafka::{self, EmbeddedBroker, KafkaSettings};
 use m365_common::runtime;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// Event bytes (key, value, headers) per partition the consumer may run ahead of the
-/// forwarder's commits on the embedded broker, whose log keeps 5 MiB of (compressed)
+/// Event bytes (key, value, headers) per partition the consumer may run ahead of what the
+/// forwarder read on the embedded broker, whose log keeps 5 MiB of (compressed)
 /// batches per partition. Audit JSON compresses several-fold, so this leaves a wide margin.
 const EMBEDDED_BACKLOG_BYTES: u64 = 3 << 20;
 /// Event bytes sent and not yet acknowledged per blob, on the embedded broker.
 const EMBEDDED_IN_FLIGHT_BYTES: usize = 2 << 20;
-
-/// Feeds the forwarder group's committed offsets on the events topic into `backlog` every
-/// 200 ms until `cancel` fires. Reading committed offsets does not join the group.
-fn spawn_backlog_watch(
-    kafka: &KafkaSettings,
-    group: String,
-    backlog: Arc<Backlog>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let topic = kafka.topics().events;
-    let partitions = kafka.partitions;
-    let reader: BaseConsumer = kafka
-        .consumer_config(&group)
-        .create()
-        .context("creating the embedded broker's backlog watcher")?;
-    std::thread::Builder::new()
-        .name("backlog-watch".into())
-        .spawn(move || {
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..partitions {
-                tpl.add_partition(&topic, p);
-            }
-            while !cancel.is_cancelled() {
-                match reader.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
-                    Ok(committed) => {
-                        for e in committed.elements() {
-                            if let Offset::Offset(o) = e.offset() {
-                                backlog.committed(e.partition(), o);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "Reading the forwarder's offsets failed.")
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-        .context("starting the embedded broker's backlog watcher")?;
-    Ok(())
-}
 
 /// Counters of every stage, for progress displays.
 pub struct PipelineStats {
@@ -123,12 +79,7 @@ impl Pipeline {
         // On the embedded broker, which drops a partition's oldest records beyond 5 MiB, the
         // consumer may run only so far ahead of the forwarder (see m365_common::backlog).
         let backlog = match (&embedded, &cfg.devo, tenants.is_empty()) {
-            (Some(_), Some(_), false) => {
-                let group = m365_forwarder::ForwarderSettings::from_config(cfg, None)?.group_id;
-                let backlog = Arc::new(Backlog::new(EMBEDDED_BACKLOG_BYTES));
-                spawn_backlog_watch(&kafka, group, Arc::clone(&backlog), cancel.clone())?;
-                Some(backlog)
-            }
+            (Some(_), Some(_), false) => Some(Arc::new(Backlog::new(EMBEDDED_BACKLOG_BYTES))),
             _ => None,
         };
 
@@ -164,7 +115,8 @@ impl Pipeline {
             tasks.spawn(async move { ("consumer", fut.await.map_err(anyhow::Error::from)) });
         }
         if let Some(devo) = &cfg.devo {
-            let settings = m365_forwarder::ForwarderSettings::from_config(cfg, None)?;
+            let mut settings = m365_forwarder::ForwarderSettings::from_config(cfg, None)?;
+            settings.read_progress = backlog.clone();
             let output = m365_forwarder::build_output(devo, Arc::clone(&stats.forwarder.output))?;
             let fut = m365_forwarder::run(
                 settings,
