@@ -212,34 +212,14 @@ pub async fn forwarder_run(
     let (arrival, stalled) = match waited {
         Ok(a) => (a, None),
         Err(e) => {
-            let o = stats.output_snapshot();
-            let d = devo.devo.stats();
-            let why = format!(
-                "{e}; forwarder: events_in {}, batches {}, resent {}, commits {}, committed records {}, pauses {}, rebalances {}; output: batches {}, lines {}, connects {}, reconnects {}, write errors {}, last error {:?}; fake Devo: connections {}, open {}, connection errors {:?}, parse errors {:?}",
-                stats.events_in.get(),
-                stats.batches.get(),
-                stats.batches_resent.get(),
-                stats.commits.get(),
-                stats.committed_records.get(),
-                stats.pauses.get(),
-                stats.rebalances.get(),
-                o.batches,
-                o.lines,
-                o.connects,
-                o.reconnects,
-                o.write_errors,
-                o.last_error,
-                d.connections_accepted,
-                d.open_connections,
-                d.connection_errors,
-                d.parse_errors
-            );
+            let why = format!("{e}; {}", forwarder_summary(&stats, devo));
             match e.partial {
                 Some(a) if a.count > a.first_count => (a, Some(why)),
                 _ => anyhow::bail!(why),
             }
         }
     };
+    eprintln!("[m365-bench]   {}", forwarder_summary(&stats, devo));
     cancel.cancel();
     match tokio::time::timeout(Duration::from_secs(60), task).await {
         Ok(Ok(Ok(()))) => {}
@@ -251,6 +231,33 @@ pub async fn forwarder_run(
         window_sample(&arrival, filled.events, filled.bytes),
         stalled,
     ))
+}
+
+/// The forwarder's and the fake Devo's counters, for the log and for a stalled run's reason.
+fn forwarder_summary(stats: &ForwarderStats, devo: &DevoRig) -> String {
+    let o = stats.output_snapshot();
+    let d = devo.devo.stats();
+    format!(
+        "forwarder: events_in {}, batches {}, resent {}, commits {}, committed records {}, pauses {}, rebalances {}, mean batch latency {:?}; output: batches {}, lines {}, connects {}, reconnects {}, write errors {}, last error {:?}; fake Devo: connections {}, open {}, connection errors {:?}, parse errors {:?}",
+        stats.events_in.get(),
+        stats.batches.get(),
+        stats.batches_resent.get(),
+        stats.commits.get(),
+        stats.committed_records.get(),
+        stats.pauses.get(),
+        stats.rebalances.get(),
+        stats.batch_latency.sum() / stats.batch_latency.count().max(1) as u32,
+        o.batches,
+        o.lines,
+        o.connects,
+        o.reconnects,
+        o.write_errors,
+        o.last_error,
+        d.connections_accepted,
+        d.open_connections,
+        d.connection_errors,
+        d.parse_errors
+    )
 }
 
 /// The records counted between the first and the last observation, scaled to bytes by the
