@@ -52,13 +52,15 @@ cargo build --release -p m365-bench -p m365-devo -p m365-consumer -p m365-forwar
 
 # 5. tansu on a free loopback port, stopped on exit.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# SQLite storage: tansu 0.6's memory engine answers a fetch that starts inside a record batch
-# with the next batch, so a reader resuming mid-batch skips records.
+# Memory storage. tansu 0.6's memory engine answers a fetch that starts inside a record batch
+# with the next batch, so a reader that pauses and resumes mid-batch would skip records; the
+# forwarder pauses only after waiting pause_after (3 s) for Devo, which a benchmark does not
+# do, and every run checks that all records arrived. (SQLite storage has no such bug but its
+# fetch re-reads the partition tail: it stalls under this load.)
 mkdir -p target/bench-work
-rm -f target/bench-work/tansu.db*
 tansu_log=target/bench-work/tansu.log
 (cd target/bench-work && exec "$TANSU" broker \
-  --storage-engine sqlite://tansu.db \
+  --storage-engine memory://tansu/ \
   --listener-url "tcp://127.0.0.1:${port}" \
   --advertised-listener-url "tcp://127.0.0.1:${port}") >"$tansu_log" 2>&1 &
 tansu_pid=$!

@@ -429,7 +429,7 @@ fn setup_lines(args: &Args, data: &Dataset, generator: &Generator) -> Vec<String
             "brokers: embedded (librdkafka mock cluster in the benchmark process, on a loopback port){}; topics with {} partitions, Kafka transactions off (neither broker implements them: the stages use their ordered at-least-once path)",
             args.kafka
                 .as_ref()
-                .map(|k| format!(" and {} at {k} (SQLite storage, as scripts/bench.sh starts it: its memory engine skips records when a reader resumes mid-batch)", args.kafka_name))
+                .map(|k| format!(" and {} at {k} (memory storage, as scripts/bench.sh starts it; its engine skips records when a reader resumes mid-batch, which the forwarder does only after waiting 3 s for Devo; every run checks that all records arrived)", args.kafka_name))
                 .unwrap_or_default(),
             rig::PARTITIONS
         ),
