@@ -30,15 +30,18 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-/// Consumer context that counts revocations, so the loop knows when partitions (and with them
-/// the streams it holds dedup filters for) may have moved to another member.
+/// Consumer context that counts rebalances (revocations and assignments), so the loop knows
+/// when partitions (and with them the streams it holds dedup filters for) may have moved.
+/// Assignments count too: a filter loaded ahead for a stream another member owned (see
+/// `Session::to_load`) must not be used once that stream's partition comes to this member.
 #[derive(Debug, Default, Clone)]
 pub struct GroupContext {
     revocations: Arc<AtomicU64>,
 }
 
 impl GroupContext {
-    /// Revocations seen so far (rebalance callbacks run inside `recv`, on the loop's task).
+    /// Revocations and assignments seen so far (rebalance callbacks run inside `recv`, on
+    /// the loop's task).
     pub fn revocations(&self) -> u64 {
         self.revocations.load(Ordering::SeqCst)
     }
@@ -53,7 +56,10 @@ impl ConsumerContext for GroupContext {
                 self.revocations.fetch_add(1, Ordering::SeqCst);
                 info!(partitions = tpl.count(), "Partitions revoked.");
             }
-            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "Partitions assigned."),
+            Rebalance::Assign(tpl) => {
+                self.revocations.fetch_add(1, Ordering::SeqCst);
+                info!(partitions = tpl.count(), "Partitions assigned.");
+            }
             Rebalance::Error(e) => warn!(error = %e, "Rebalance error."),
         }
     }

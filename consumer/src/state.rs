@@ -19,6 +19,9 @@
 //! last snapshot — by this instance before a crash, or by the member that owned the partition
 //! before a rebalance — are known again, and a replayed blob (ordered mode) or a blob repeated
 //! on the topic adds nothing. Without a snapshot, the whole retained `m365.events` is scanned.
+//! [`StateStore::load_many`] loads several streams with one read and one scan (the consumer
+//! loads the streams whose URIs come to its partitions together), each stream taking only the
+//! records at or after its own snapshot's offsets.
 //! Snapshots are therefore an optimisation of the scan, written after a stream's first blob,
 //! then at most every `snapshot_interval`, and on clean shutdown.
 
@@ -104,6 +107,16 @@ pub struct StreamState {
     pub dirty: bool,
 }
 
+/// A filter being loaded: restored from its snapshot, waiting for the scan.
+struct Loading {
+    id: StreamId,
+    dedup: Dedup,
+    /// Per `m365.events` partition, the first offset the snapshot does not cover.
+    start: HashMap<i32, i64>,
+    generation: u64,
+    part_keys: Vec<String>,
+}
+
 /// Reads and writes dedup state on `m365.state`.
 pub struct StateStore {
     kafka: KafkaSettings,
@@ -126,8 +139,110 @@ impl StateStore {
         id: &StreamId,
         settings: DedupSettings,
     ) -> Result<StreamState, KafkaGlueError> {
+        let mut loaded = self.load_many(vec![(id.clone(), settings)]).await?;
+        Ok(loaded.remove(0).1)
+    }
+
+    /// Loads several streams' filters (in the order given) with one read of `m365.state` and
+    /// one scan of `m365.events`, from the earliest offset any of them needs: each stream
+    /// takes only the records at or after its own snapshot's offsets. Loading the streams an
+    /// instance owns together costs one scan instead of one each.
+    pub async fn load_many(
+        &self,
+        wanted: Vec<(StreamId, DedupSettings)>,
+    ) -> Result<Vec<(StreamId, StreamState)>, KafkaGlueError> {
         let topics = self.kafka.topics();
         let table = kafka::read_table(&self.kafka, &topics.state).await?;
+        let loading: Vec<Loading> = wanted
+            .into_iter()
+            .map(|(id, settings)| self.restore(&table, id, settings))
+            .collect();
+        drop(table);
+
+        // A partition is scanned from the lowest start any stream has for it, or from the
+        // beginning when some stream has none (no snapshot).
+        let mut start: HashMap<i32, i64> = HashMap::new();
+        let all_have = |p: &i32| loading.iter().all(|l| l.start.contains_key(p));
+        for l in &loading {
+            for (p, o) in &l.start {
+                if all_have(p) {
+                    let e = start.entry(*p).or_insert(*o);
+                    *e = (*e).min(*o);
+                }
+            }
+        }
+        let index: HashMap<(Vec<u8>, Vec<u8>), usize> = loading
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    (
+                        l.id.tenant_id.as_bytes().to_vec(),
+                        l.id.content_type.as_bytes().to_vec(),
+                    ),
+                    i,
+                )
+            })
+            .collect();
+        let starts: Vec<HashMap<i32, i64>> = loading.iter().map(|l| l.start.clone()).collect();
+        let found = Arc::new(Mutex::new(vec![Vec::<String>::new(); loading.len()]));
+        let sink = found.clone();
+        kafka::scan_topic(&self.kafka, &topics.events, start, move |r| {
+            let header = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let (Some(tenant), Some(ct)) = (
+                header(EventHeaders::TENANT_ID),
+                header(EventHeaders::CONTENT_TYPE),
+            ) else {
+                return;
+            };
+            let Some(&i) = index.get(&(tenant, ct)) else {
+                return;
+            };
+            if starts[i]
+                .get(&r.partition)
+                .is_some_and(|from| r.offset < *from)
+            {
+                return;
+            }
+            if let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) {
+                sink.lock().unwrap_or_else(|e| e.into_inner())[i].push(key.to_string());
+            }
+        })
+        .await?;
+        let found = std::mem::take(&mut *found.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(loading
+            .into_iter()
+            .zip(found)
+            .map(|(mut l, ids)| {
+                for rid in &ids {
+                    l.dedup.check_and_insert(rid);
+                }
+                self.stats.dedup_replayed_ids.add(ids.len() as u64);
+                info!(stream = %l.id, snapshot_generation = l.generation, replayed_ids = ids.len(), "Dedup filter loaded.");
+                let state = StreamState {
+                    dedup: l.dedup,
+                    generation: l.generation,
+                    part_keys: l.part_keys,
+                    last_snapshot: None,
+                    dirty: !ids.is_empty(),
+                };
+                (l.id, state)
+            })
+            .collect())
+    }
+
+    /// A stream's filter from its snapshot in `table` (or empty), with where its scan starts.
+    fn restore(
+        &self,
+        table: &BTreeMap<String, Vec<u8>>,
+        id: StreamId,
+        settings: DedupSettings,
+    ) -> Loading {
         let prefix = id.prefix();
         let meta = table
             .get(&id.meta_key())
@@ -149,7 +264,7 @@ impl StateStore {
                 }
             }
         }
-        let (mut dedup, start, generation, part_keys) = match restored {
+        let (dedup, start, generation, mut part_keys) = match restored {
             Some((d, meta, keys)) => {
                 if d.settings() != settings {
                     warn!(stream = %id, "The dedup settings changed since the snapshot; keeping the snapshot's until the filter is rebuilt.");
@@ -165,47 +280,18 @@ impl StateStore {
             None => (Dedup::new(settings), HashMap::new(), 0, Vec::new()),
         };
         // Stale keys of this stream (orphaned parts of an interrupted snapshot) go too.
-        let mut part_keys = part_keys;
         for k in table.keys() {
             if k.starts_with(&prefix) && *k != id.meta_key() && !part_keys.contains(k) {
                 part_keys.push(k.clone());
             }
         }
-        drop(table);
-
-        let ids = Arc::new(Mutex::new(Vec::<String>::new()));
-        let sink = ids.clone();
-        let (tenant, ct) = (id.tenant_id.clone(), id.content_type.clone());
-        kafka::scan_topic(&self.kafka, &topics.events, start, move |r| {
-            let header = |name: &str| {
-                r.headers
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.as_slice())
-            };
-            if header(EventHeaders::TENANT_ID) == Some(tenant.as_bytes())
-                && header(EventHeaders::CONTENT_TYPE) == Some(ct.as_bytes())
-                && let Some(key) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
-            {
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(key.to_string());
-            }
-        })
-        .await?;
-        let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner()));
-        for rid in &ids {
-            dedup.check_and_insert(rid);
-        }
-        self.stats.dedup_replayed_ids.add(ids.len() as u64);
-        info!(stream = %id, snapshot_generation = generation, replayed_ids = ids.len(), "Dedup filter loaded.");
-        Ok(StreamState {
+        Loading {
+            id,
             dedup,
+            start,
             generation,
             part_keys,
-            last_snapshot: None,
-            dirty: !ids.is_empty(),
-        })
+        }
     }
 
     /// Writes a snapshot of `state` (no transaction may be open on `out`; every event of the
