@@ -30,20 +30,25 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-/// Consumer context that counts rebalances (revocations and assignments), so the loop knows
-/// when partitions (and with them the streams it holds dedup filters for) may have moved.
-/// Assignments count too: a filter loaded ahead for a stream another member owned (see
-/// `Session::to_load`) must not be used once that stream's partition comes to this member.
+/// Consumer context that counts revocations and assignments, so the loops know when
+/// partitions (and with them the streams they hold state for) may have moved.
 #[derive(Debug, Default, Clone)]
 pub struct GroupContext {
     revocations: Arc<AtomicU64>,
+    assignments: Arc<AtomicU64>,
 }
 
 impl GroupContext {
-    /// Revocations and assignments seen so far (rebalance callbacks run inside `recv`, on
-    /// the loop's task).
+    /// Revocations seen so far (rebalance callbacks run inside `recv`, on the loop's task).
     pub fn revocations(&self) -> u64 {
         self.revocations.load(Ordering::SeqCst)
+    }
+
+    /// Revocations and assignments seen so far. A dedup filter loaded ahead for a stream
+    /// another member owned (see `Session::to_load`) must not be used once that stream's
+    /// partition comes to this member, which an assignment alone (no revocation) can do.
+    pub fn rebalances(&self) -> u64 {
+        self.revocations() + self.assignments.load(Ordering::SeqCst)
     }
 }
 
@@ -57,7 +62,7 @@ impl ConsumerContext for GroupContext {
                 info!(partitions = tpl.count(), "Partitions revoked.");
             }
             Rebalance::Assign(tpl) => {
-                self.revocations.fetch_add(1, Ordering::SeqCst);
+                self.assignments.fetch_add(1, Ordering::SeqCst);
                 info!(partitions = tpl.count(), "Partitions assigned.");
             }
             Rebalance::Error(e) => warn!(error = %e, "Rebalance error."),

@@ -199,15 +199,15 @@ impl Session {
             "Consumer connected to Kafka."
         );
         shared.stats.output_connected.set(true);
-        let mut revocations = ctx.revocations();
+        let mut rebalances = ctx.rebalances();
         loop {
             let message = tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(settings.heartbeat_interval) => None,
                 m = consumer.recv() => Some(m.map_err(|source| KafkaGlueError::Read { topic: topics.uris.clone(), source })?.detach()),
             };
-            if ctx.revocations() != revocations {
-                revocations = ctx.revocations();
+            if ctx.rebalances() != rebalances {
+                rebalances = ctx.rebalances();
                 self.filters.clear();
             }
             if let Some(message) = message
