@@ -84,6 +84,9 @@ pub enum TransactionMode {
     Off,
 }
 
+/// `fetch.wait.max.ms` of readers on the embedded broker (see [`KafkaSettings::reader_config`]).
+pub const EMBEDDED_FETCH_WAIT_MS: &str = "10";
+
 /// Everything a stage needs to talk to Kafka.
 #[derive(Clone)]
 pub struct KafkaSettings {
@@ -147,13 +150,20 @@ impl KafkaSettings {
     }
 
     /// Configuration of an idempotent producer (acks=all, in-order, no duplicates on retry).
+    /// `enable.idempotence` and `acks` are not negotiable; `linger.ms`, `compression.type`
+    /// and `message.timeout.ms` are defaults a `kafka.properties` entry replaces.
     pub fn producer_config(&self) -> ClientConfig {
         let mut cfg = self.client_config();
-        cfg.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("message.timeout.ms", "300000");
+        cfg.set("enable.idempotence", "true").set("acks", "all");
+        for (key, value) in [
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            ("message.timeout.ms", "300000"),
+        ] {
+            if !self.properties.contains_key(key) {
+                cfg.set(key, value);
+            }
+        }
         cfg
     }
 
@@ -168,9 +178,22 @@ impl KafkaSettings {
         }
     }
 
+    /// The base configuration of a client that fetches records. On the embedded broker the
+    /// fetch wait is cut to [`EMBEDDED_FETCH_WAIT_MS`] (unless configured): librdkafka's mock
+    /// cluster answers a fetch that finds no data only after the whole `fetch.wait.max.ms`
+    /// (500 ms by default) instead of as soon as data arrives, as a real broker does, so
+    /// every reader that caught up stalled half a second, and every scan ended with one.
+    pub fn reader_config(&self) -> ClientConfig {
+        let mut cfg = self.client_config();
+        if self.embedded.is_some() && !self.properties.contains_key("fetch.wait.max.ms") {
+            cfg.set("fetch.wait.max.ms", EMBEDDED_FETCH_WAIT_MS);
+        }
+        cfg
+    }
+
     /// Configuration of a consumer that reads only committed records.
     pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
-        let mut cfg = self.client_config();
+        let mut cfg = self.reader_config();
         cfg.set("group.id", group_id)
             .set("isolation.level", self.isolation_level())
             .set("enable.auto.commit", "false")
@@ -873,7 +896,7 @@ pub async fn scan_topic(
     start: HashMap<i32, i64>,
     mut f: impl FnMut(ReadRecord) + Send + 'static,
 ) -> Result<(), KafkaGlueError> {
-    let mut cfg = settings.client_config();
+    let mut cfg = settings.reader_config();
     cfg.set("group.id", "m365-devo-scan")
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
