@@ -103,11 +103,19 @@ impl Backlog {
     /// Returns once every partition is below the limit. Wakes when the forwarder reads, and re-checks
     /// every second in case a notification raced the check.
     pub async fn wait_for_room(&self) {
+        let mut began = None;
         loop {
             let notified = self.room.notified();
             if self.max_waiting() < self.limit {
+                if let Some(t) = began.map(|t: std::time::Instant| t.elapsed()) {
+                    tracing::debug!(
+                        waited_ms = t.as_millis() as u64,
+                        "The forwarder caught up; producing again."
+                    );
+                }
                 return;
             }
+            began.get_or_insert_with(std::time::Instant::now);
             let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
         }
     }

@@ -418,6 +418,13 @@ impl InFlight {
 fn base_config(settings: &KafkaSettings) -> rdkafka::ClientConfig {
     let mut cfg = settings.producer_config();
     cfg.set("queue.buffering.max.kbytes", "65536");
+    if !settings.properties.contains_key("linger.ms") {
+        // Every blob ends by waiting for its acknowledgements, so the last batch's linger
+        // is pure delay; a blob's records still batch while earlier requests are in flight.
+        // Measured per 1,000-record blob on the embedded broker: acknowledged 10.7 ms after
+        // the first byte with 5 ms, 6.4 ms with 1 ms (consumer stage 59k -> 76k records/s).
+        cfg.set("linger.ms", "1");
+    }
     cfg
 }
 

@@ -302,6 +302,7 @@ impl StateStore {
         state: &mut StreamState,
         out: &Output,
     ) -> Result<(), KafkaGlueError> {
+        let began = Instant::now();
         let topics = self.kafka.topics();
         let events_offsets = end_offsets(&self.kafka, &topics.events).await?;
         let generation = state.generation + 1;
@@ -345,6 +346,7 @@ impl StateStore {
             out.abort().await;
             return Err(e);
         }
+        tracing::debug!(stream = %id, generation, parts = keys.len(), elapsed_ms = began.elapsed().as_millis() as u64, "Dedup snapshot written.");
         state.generation = generation;
         state.part_keys = keys;
         state.last_snapshot = Some(Instant::now());
