@@ -38,7 +38,9 @@
 //!
 //! # Commits
 //! Slots are committed strictly in the order they were sealed, so a later batch delivered
-//! early never commits past an earlier one still being retried. Offsets are stored and
+//! early never commits past an earlier one still being retried. What clears is merged and
+//! committed at most every [`COMMIT_INTERVAL`], so small batches under light traffic do not
+//! cost a commit round trip each. Offsets are stored and
 //! committed synchronously (`store_offsets` + `commit(Sync)`); a failed commit is kept and
 //! merged into the next one.
 //!
@@ -68,9 +70,9 @@
 //! `commit_delay` (a host vanishing without a reset), and what Devo itself loses after
 //! reading; the duplicates left after a failure are the batches written on the dropped
 //! connection within `commit_delay` before the drop, plus what of an interrupted write had
-//! already arrived. Commits are issued as soon as batches clear (a few milliseconds), so
+//! already arrived. Commits are issued within [`COMMIT_INTERVAL`] of batches clearing, so
 //! after a crash of the forwarder the batches sent again are those of the last
-//! `commit_delay`.
+//! `commit_delay` plus at most that interval.
 //!
 //! # Rebalances and stops
 //! At-least-once throughout: offsets are committed only for partitions still assigned at
@@ -110,6 +112,9 @@ const MAX_TAG_LEN: usize = 256;
 
 /// librdkafka's `fetch.queue.backoff.ms` unless configured (its default is 1000).
 const FETCH_QUEUE_BACKOFF_MS: &str = "20";
+
+/// Offsets are committed at most this often (what clears meanwhile is merged).
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// An open batch is sealed this long after its last record when the writer is idle.
 const IDLE_SEAL: Duration = Duration::from_millis(5);
@@ -678,6 +683,7 @@ pub async fn run(
     let mut commits = Commits::default();
     let mut paused = false;
     let mut blocked_since: Option<Instant> = None;
+    let mut next_commit_at = Instant::now();
     let mut stop_deadline: Option<Instant> = None;
 
     let result: Result<(), RunError> = loop {
@@ -692,10 +698,16 @@ pub async fn run(
             }
         }
         let (offsets, records) = b.settle(now, failures, false, &stats);
-        if stop_deadline.is_none() && !offsets.is_empty() {
-            commit(&consumer, &topics, &mut commits, offsets, records, &stats).await;
-        } else if !offsets.is_empty() {
+        if !offsets.is_empty() {
             merge(&mut commits, offsets, records);
+        }
+        // One commit per COMMIT_INTERVAL at most: batches clear one by one (small ones when
+        // traffic is light), and each commit is a round trip the loop waits for.
+        let commit_due =
+            (stop_deadline.is_none() && !commits.pending.is_empty()).then_some(next_commit_at);
+        if commit_due.is_some_and(|at| now >= at) {
+            commit(&consumer, &topics, &mut commits, BTreeMap::new(), 0, &stats).await;
+            next_commit_at = Instant::now() + COMMIT_INTERVAL;
         }
         if let Some(deadline) = stop_deadline {
             // The rest is decided once the output closed gracefully (see below).
@@ -734,7 +746,8 @@ pub async fn run(
         let pause_due = blocked_since
             .filter(|_| holding)
             .map(|since| since + pause_after);
-        let wake = [b.next_wake(), stop_deadline, pause_due]
+        let commit_wake = commit_due.filter(|_| !commits.pending.is_empty());
+        let wake = [b.next_wake(), stop_deadline, pause_due, commit_wake]
             .into_iter()
             .flatten()
             .min()
