@@ -171,18 +171,10 @@ impl StateStore {
                 }
             }
         }
-        let index: HashMap<(Vec<u8>, Vec<u8>), usize> = loading
+        // At most a few streams: a linear search on borrowed headers allocates nothing per record.
+        let names: Vec<(String, String)> = loading
             .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                (
-                    (
-                        l.id.tenant_id.as_bytes().to_vec(),
-                        l.id.content_type.as_bytes().to_vec(),
-                    ),
-                    i,
-                )
-            })
+            .map(|l| (l.id.tenant_id.clone(), l.id.content_type.clone()))
             .collect();
         let starts: Vec<HashMap<i32, i64>> = loading.iter().map(|l| l.start.clone()).collect();
         let found = Arc::new(Mutex::new(vec![Vec::<String>::new(); loading.len()]));
@@ -192,7 +184,7 @@ impl StateStore {
                 r.headers
                     .iter()
                     .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, v)| v.as_slice())
             };
             let (Some(tenant), Some(ct)) = (
                 header(EventHeaders::TENANT_ID),
@@ -200,7 +192,10 @@ impl StateStore {
             ) else {
                 return;
             };
-            let Some(&i) = index.get(&(tenant, ct)) else {
+            let Some(i) = names
+                .iter()
+                .position(|(t, c)| t.as_bytes() == tenant && c.as_bytes() == ct)
+            else {
                 return;
             };
             if starts[i]

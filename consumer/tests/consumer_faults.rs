@@ -13,7 +13,7 @@ use consumer_support::*;
 use m365_common::envelope::UriMessage;
 use m365_common::health::Kind;
 use m365_common::kafka::KafkaSettings;
-use m365_common::testkit::{BrokerKind, TestBroker};
+use m365_common::testkit::{BrokerKind, TestBroker, eventually};
 use m365_consumer::internal_events::ConsumerStats;
 use m365_sim::Simulator;
 use m365_sim::tenant::{ContentType, FaultKind, FaultTarget};
@@ -78,7 +78,7 @@ impl Rig {
     /// Waits until `n` blobs are done (fetched, dead) and returns the events.
     async fn settle(&self, fetched: u64, dead: u64) -> Vec<Event> {
         let stats = self.stats();
-        let ok = wait_until(Duration::from_secs(40), || {
+        let ok = eventually(Duration::from_secs(40), || {
             let stats = stats.clone();
             async move { stats.blobs_fetched.get() >= fetched && stats.blobs_dead.get() >= dead }
         })
@@ -232,7 +232,7 @@ async fn blob_expiring_before_its_retry_is_one_gap() {
     uri.content_expiration = chrono::Utc::now() + chrono::Duration::seconds(3);
     put_uris(&rig.kafka, &[uri]).await;
     let stats = rig.stats();
-    let ok = wait_until(Duration::from_secs(30), || {
+    let ok = eventually(Duration::from_secs(30), || {
         let s = stats.clone();
         async move { s.blobs_dead.get() >= 1 }
     })
@@ -379,7 +379,7 @@ async fn oversized_record_is_skipped_and_counted() {
     put_uris(&kafka, &[uri_for(&sim, TENANT, CT, &id)]).await;
     let stats = consumer.stats.clone();
     assert!(
-        wait_until(Duration::from_secs(30), || {
+        eventually(Duration::from_secs(30), || {
             let s = stats.clone();
             async move { s.blobs_fetched.get() >= 1 }
         })
@@ -430,7 +430,7 @@ async fn tags_follow_workload_fallback_and_override() {
     .await;
     let stats = consumer.stats.clone();
     assert!(
-        wait_until(Duration::from_secs(30), || {
+        eventually(Duration::from_secs(30), || {
             let s = stats.clone();
             async move { s.blobs_fetched.get() >= 2 }
         })

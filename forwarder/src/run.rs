@@ -706,7 +706,7 @@ pub async fn run(
         let commit_due =
             (stop_deadline.is_none() && !commits.pending.is_empty()).then_some(next_commit_at);
         if commit_due.is_some_and(|at| now >= at) {
-            commit(&consumer, &topics, &mut commits, BTreeMap::new(), 0, &stats).await;
+            commit(&consumer, &topics, &mut commits, &stats).await;
             next_commit_at = Instant::now() + COMMIT_INTERVAL;
         }
         if let Some(deadline) = stop_deadline {
@@ -825,10 +825,8 @@ pub async fn run(
                 "Some batches could not be confirmed before the stop; they will be re-sent after the restart."
             );
         }
-        let pending = std::mem::take(&mut commits.pending);
-        let records = std::mem::take(&mut commits.pending_records);
-        if !pending.is_empty() {
-            commit(&consumer, &topics, &mut commits, pending, records, &stats).await;
+        if !commits.pending.is_empty() {
+            commit(&consumer, &topics, &mut commits, &stats).await;
         }
         if !commits.pending.is_empty() {
             tracing::warn!(
@@ -962,11 +960,8 @@ async fn commit(
     consumer: &Arc<GroupConsumer>,
     topics: &[String; 2],
     commits: &mut Commits,
-    offsets: BTreeMap<(u8, i32), i64>,
-    records: u64,
     stats: &ForwarderStats,
 ) {
-    merge(commits, offsets, records);
     let assignment = consumer.assignment().unwrap_or_else(|_| Tpl::new());
     let mut tpl = TopicPartitionList::new();
     let mut dropped = Vec::new();

@@ -312,24 +312,6 @@ pub async fn wait_for_ids(
     }
 }
 
-/// Polls until `check` holds (or `limit` passes); returns whether it held.
-pub async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 /// The exactness contract: every id of `must` once, none twice, none unknown.
 pub fn assert_exact(events: &[Event], must: &BTreeSet<String>, may: &BTreeSet<String>) {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
