@@ -166,6 +166,17 @@ impl LineFormat {
             + usize::from(!record.ends_with(b"\n"))
     }
 
+    /// Bytes [`LineFormat::frame_into`] appends for `record`: the line, plus the octet count
+    /// and its space in multiline mode.
+    pub fn framed_len(&self, tag: &str, record: &[u8]) -> usize {
+        let len = self.line_len(tag, record);
+        if self.multiline {
+            len + decimal_len(len) + 1
+        } else {
+            len
+        }
+    }
+
     /// Appends one framed line for `record` under `tag` to `out`.
     ///
     /// Never allocates beyond growing `out`; reuse `out` across batches.

@@ -18,7 +18,10 @@
 //! * A record without a value is not sent; its offset is committed with its batch.
 //!
 //! # Batches and back-pressure
-//! A batch is sealed before a record would push its framed size past `batch_max_bytes`, or
+//! Records are framed as they are read, into the batch's one buffer, with the output's line
+//! format; a stream output sends that buffer as it is, without copying it, and the buffers
+//! of committed batches are reused (fresh pages and growing buffers cost more than the
+//! framing). A batch is sealed before a record would push its framed size past `batch_max_bytes`, or
 //! `batch_max_wait` after its first record. At most `max_in_flight` batches are with the
 //! writer at once (the output retries a failed write with backoff until it succeeds). When
 //! `max_in_flight` sealed batches wait for room besides those, or the batches held in
@@ -87,8 +90,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use bytes::Bytes;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use m365_common::envelope::EventHeaders;
 use m365_common::kafka::{KafkaGlueError, KafkaSettings};
 use rdkafka::consumer::{
@@ -118,6 +122,15 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// An open batch is sealed this long after its last record when the writer is idle.
 const IDLE_SEAL: Duration = Duration::from_millis(5);
+
+/// Records taken from librdkafka per turn of the loop, when they are already there.
+const DRAIN_BURST: usize = 256;
+
+/// Emptied batches kept for reuse.
+const SPARE_BATCHES: usize = 8;
+
+/// A new batch buffer is allocated for `batch_max_bytes`, up to this much.
+const MAX_PREALLOCATED: usize = 8 << 20;
 
 /// Distinct tags remembered before the intern table is cleared.
 const MAX_INTERNED_TAGS: usize = 4096;
@@ -172,19 +185,31 @@ type GroupConsumer = StreamConsumer<GroupContext>;
 const EVENTS: u8 = 0;
 const HEALTH: u8 = 1;
 
-/// One batch: records packed into one buffer, with the next offset of every partition it
-/// covers.
+/// One batch: records framed for the wire, back to back in one buffer, with the next
+/// offset of every partition it covers.
+///
+/// Records are framed once, when read, with the output's own [`LineFormat`], so a stream
+/// output sends `data` as it is (no copy, see [`Output::submit_framed`]); each record's own
+/// bytes stay addressable inside its line for outputs that need them apart (HTTP, gzip).
 #[derive(Debug, Default)]
 pub struct Batch {
     data: Vec<u8>,
+    /// `(tag, start, end)`: the record's bytes are `data[start..end]`, inside its line.
     records: Vec<(Arc<str>, usize, usize)>,
     offsets: BTreeMap<(u8, i32), i64>,
-    framed_bytes: usize,
     first_at: Option<Instant>,
     last_at: Option<Instant>,
 }
 
 impl Batch {
+    /// An empty batch whose buffer already holds `bytes`, so that filling it never reallocates.
+    fn with_capacity(bytes: usize) -> Self {
+        Batch {
+            data: Vec::with_capacity(bytes),
+            ..Batch::default()
+        }
+    }
+
     /// Records in the batch.
     pub fn len(&self) -> usize {
         self.records.len()
@@ -197,14 +222,19 @@ impl Batch {
 
     /// Framed size of the batch (what it puts on the wire before compression).
     pub fn framed_bytes(&self) -> usize {
-        self.framed_bytes
+        self.data.len()
     }
 
-    fn push(&mut self, tag: Arc<str>, value: &[u8], framed: usize, now: Instant) {
-        let start = self.data.len();
-        self.data.extend_from_slice(value);
-        self.records.push((tag, start, self.data.len()));
-        self.framed_bytes += framed;
+    /// The framed lines, ready for the wire.
+    pub fn framed(&self) -> &[u8] {
+        &self.data
+    }
+
+    fn push(&mut self, line: &LineFormat, tag: Arc<str>, value: &[u8], now: Instant) {
+        line.frame_into(&tag, value, &mut self.data);
+        // The line ends with the record, then a newline unless the record brought its own.
+        let end = self.data.len() - usize::from(!value.ends_with(b"\n"));
+        self.records.push((tag, end - value.len(), end));
         self.first_at.get_or_insert(now);
         self.last_at = Some(now);
     }
@@ -216,12 +246,31 @@ impl Batch {
         self.last_at = Some(now);
     }
 
-    /// `(tag, record)` pairs for [`Output::submit_records`].
+    /// Empties the batch, keeping its buffers for the next one.
+    fn clear(&mut self) {
+        self.data.clear();
+        self.records.clear();
+        self.offsets.clear();
+        self.first_at = None;
+        self.last_at = None;
+    }
+
+    /// `(tag, record)` pairs for [`Output::submit_framed`].
     fn refs(&self) -> Vec<(&str, &[u8])> {
         self.records
             .iter()
             .map(|(t, s, e)| (&**t, &self.data[*s..*e]))
             .collect()
+    }
+}
+
+/// A sealed batch's framed lines as [`Bytes`] without copying them: the bytes keep the batch
+/// alive.
+struct FramedLines(Arc<Batch>);
+
+impl AsRef<[u8]> for FramedLines {
+    fn as_ref(&self) -> &[u8] {
+        self.0.framed()
     }
 }
 
@@ -278,6 +327,8 @@ struct Batches {
     submitted: usize,
     held_bytes: usize,
     tags: HashMap<Box<[u8]>, Arc<str>>,
+    /// Emptied batches whose buffers are reused (at most [`SPARE_BATCHES`]).
+    spare: Vec<Batch>,
     health_tag: Arc<str>,
     fallback_tag: Arc<str>,
 }
@@ -294,6 +345,7 @@ impl Batches {
             submitted: 0,
             held_bytes: 0,
             tags: HashMap::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -346,13 +398,13 @@ impl Batches {
                         }
                     }
                 };
-                let framed = self.line().line_len(&tag, v);
+                let framed = self.line().framed_len(&tag, v);
                 if !self.current.records.is_empty()
-                    && self.current.framed_bytes + framed > self.settings.batch_max_bytes
+                    && self.current.framed_bytes() + framed > self.settings.batch_max_bytes
                 {
                     self.seal();
                 }
-                self.current.push(tag, v, framed, now);
+                self.current.push(&self.settings.line, tag, v, now);
             }
             _ => {
                 if topic == HEALTH {
@@ -364,7 +416,7 @@ impl Batches {
             }
         }
         self.current.note_offset(topic, partition, offset + 1, now);
-        if self.current.framed_bytes >= self.settings.batch_max_bytes {
+        if self.current.framed_bytes() >= self.settings.batch_max_bytes {
             self.seal();
         }
     }
@@ -389,7 +441,11 @@ impl Batches {
         if self.current.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.current);
+        let fresh = self.spare.pop().unwrap_or_else(|| {
+            // Room for a full batch and one more record, so filling it never reallocates.
+            Batch::with_capacity(self.settings.batch_max_bytes.min(MAX_PREALLOCATED) + 64 * 1024)
+        });
+        let batch = std::mem::replace(&mut self.current, fresh);
         self.held_bytes += batch.data.len();
         self.slots.push_back(Slot {
             seq: self.next_seq,
@@ -563,6 +619,13 @@ impl Batches {
                 let e = offsets.entry(*k).or_insert(*v);
                 *e = (*e).max(*v);
             }
+            // Committed: its buffers serve a later batch (fresh pages cost more than a copy).
+            if self.spare.len() < SPARE_BATCHES
+                && let Ok(mut batch) = Arc::try_unwrap(slot.batch)
+            {
+                batch.clear();
+                self.spare.push(batch);
+            }
         }
         (offsets, records)
     }
@@ -622,7 +685,8 @@ async fn writer(
             job = jobs.recv() => match job {
                 Some((seq, batch)) => {
                     let refs = batch.refs();
-                    match output.submit_records(&refs).await {
+                    let framed = Bytes::from_owner(FramedLines(Arc::clone(&batch)));
+                    match output.submit_framed(framed, &refs).await {
                         Ok(d) => pending.push(wait_delivery(seq, d)),
                         Err(e) => {
                             let _ = events.send(WriterEvent::Done { seq, result: Err(e) });
@@ -672,12 +736,15 @@ pub async fn run(
     let max_in_flight = settings.max_in_flight.max(1);
     let drain_timeout = settings.drain_timeout;
     let pause_after = settings.pause_after;
+    // Batches are framed as they fill, so with the output's own format.
+    let line = output.format().clone();
     let (job_tx, job_rx) = mpsc::channel::<(u64, Arc<Batch>)>(max_in_flight + 1);
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer(output, job_rx, ev_tx));
 
     let mut b = Batches::new(ForwarderSettings {
         max_in_flight,
+        line,
         ..settings
     });
     let mut commits = Commits::default();
@@ -778,18 +845,39 @@ pub async fn run(
             }
             m = consumer.recv(), if stop_deadline.is_none() && !holding => match m {
                 Ok(m) => {
-                    add_message(&mut b, &topics, &m, &stats);
+                    let mut fatal = None;
+                    let now = Instant::now();
+                    add_message(&mut b, &topics, &m, now, &stats);
+                    drop(m);
+                    // Take what librdkafka already holds without a turn of the loop per record
+                    // (its timers and bookkeeping cost more than the record), up to a bound so
+                    // sealed batches reach the writer promptly.
+                    for _ in 1..DRAIN_BURST {
+                        if b.blocked() {
+                            break;
+                        }
+                        match consumer.recv().now_or_never() {
+                            Some(Ok(m)) => add_message(&mut b, &topics, &m, now, &stats),
+                            Some(Err(e)) => {
+                                fatal = consumer_error(&consumer, &e);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
                     if paused {
                         // Prefetched, or from a partition assigned since the pause (a new
                         // assignment starts unpaused): keep everything assigned paused.
                         set_paused(&consumer, true);
                     }
+                    if let Some(fatal) = fatal {
+                        break Err(fatal);
+                    }
                 }
                 Err(e) => {
-                    if let Some((code, reason)) = consumer.client().fatal_error() {
-                        break Err(RunError::FatalConsumer(format!("{code:?}: {reason}")));
+                    if let Some(fatal) = consumer_error(&consumer, &e) {
+                        break Err(fatal);
                     }
-                    tracing::warn!(error = %e, "Kafka consumer error (retrying).");
                 }
             },
         }
@@ -884,6 +972,7 @@ fn add_message(
     b: &mut Batches,
     topics: &[String; 2],
     m: &BorrowedMessage<'_>,
+    now: Instant,
     stats: &ForwarderStats,
 ) {
     let topic = if m.topic() == topics[0] {
@@ -913,9 +1002,18 @@ fn add_message(
         m.offset(),
         tag,
         m.payload(),
-        Instant::now(),
+        now,
         stats,
     );
+}
+
+/// A consumer error: fatal (the stage stops) or logged and retried.
+fn consumer_error(consumer: &GroupConsumer, e: &KafkaError) -> Option<RunError> {
+    if let Some((code, reason)) = consumer.client().fatal_error() {
+        return Some(RunError::FatalConsumer(format!("{code:?}: {reason}")));
+    }
+    tracing::warn!(error = %e, "Kafka consumer error (retrying).");
+    None
 }
 
 /// Pauses or resumes every assigned partition; false when librdkafka refused (logged), so
@@ -1121,6 +1219,49 @@ mod tests {
             4,
             "empty record's offset is kept"
         );
+    }
+
+    // Proves a batch holds its records framed for the wire, in order, each record's own bytes
+    // addressable inside its line (with or without its own newline, plain and octet-counted),
+    // and that a committed batch's buffers are reused by a later one.
+    #[test]
+    fn batches_hold_framed_lines_and_reuse_buffers() {
+        let stats = ForwarderStats::default();
+        let values: [&[u8]; 3] = [b"{\"a\":1}", b"{\"b\":2}\n", b"{\"c\":3}"];
+        for multiline in [false, true] {
+            let mut s = settings(1 << 20, 2);
+            s.line.multiline = multiline;
+            let mut b = Batches::new(s.clone());
+            let now = Instant::now();
+            for (i, v) in values.iter().enumerate() {
+                b.add(EVENTS, 0, i as i64, Some(b"t.x"), Some(v), now, &stats);
+            }
+            b.seal();
+            let batch = Arc::clone(&b.slots[0].batch);
+            let expected: Vec<u8> = values.iter().flat_map(|v| s.line.frame("t.x", v)).collect();
+            assert_eq!(batch.framed(), &expected[..]);
+            let refs = batch.refs();
+            assert_eq!(refs.len(), 3);
+            for ((tag, got), want) in refs.iter().zip(values) {
+                assert_eq!((*tag, *got), ("t.x", want));
+            }
+            drop(refs);
+            drop(batch);
+
+            // Deliver, clear and commit it: its buffers come back for the next batch.
+            let (seq, _) = b.take_submittable(now).pop().unwrap();
+            b.delivered(seq, now, None, 0, &stats);
+            let later = now + s.commit_delay;
+            assert_eq!(b.settle(later, 0, false, &stats).1, 3);
+            assert_eq!(b.spare.len(), 1, "the committed batch is kept for reuse");
+            let capacity = b.spare[0].data.capacity();
+            assert!(b.spare[0].is_empty() && b.spare[0].data.is_empty());
+            b.add(EVENTS, 0, 3, Some(b"t.x"), Some(values[0]), later, &stats);
+            b.seal();
+            b.add(EVENTS, 0, 4, Some(b"t.x"), Some(values[0]), later, &stats);
+            assert_eq!(b.current.data.capacity(), capacity, "reused buffer");
+            assert_eq!(b.current.framed(), &s.line.frame("t.x", values[0])[..]);
+        }
     }
 
     // Proves commits follow seal order: a later batch delivered first waits for the earlier.

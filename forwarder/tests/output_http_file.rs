@@ -225,6 +225,51 @@ async fn file_output_appends_framed_lines() {
     );
 }
 
+// Proves a batch framed by the caller reaches the file exactly as records framed by the
+// output would, with the same per-tag counts, in plain and in octet-counted mode.
+#[tokio::test]
+async fn preframed_batch_writes_what_records_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: [(&str, &[u8]); 3] = [
+        ("t.a", b"{\"n\":1}"),
+        ("t.b", b"{\"n\":2}\n"),
+        ("t.a", b"{\"n\":3}"),
+    ];
+    let mut multiline = LineFormat::sdk_default("h");
+    multiline.multiline = true;
+    for (i, fmt) in [LineFormat::sdk_default("h"), multiline]
+        .into_iter()
+        .enumerate()
+    {
+        let mut written = Vec::new();
+        let mut counts = Vec::new();
+        for framed_by_caller in [false, true] {
+            let path = dir.path().join(format!("{i}-{framed_by_caller}.log"));
+            let stats = Arc::new(OutputStats::default());
+            let file = FileOutput::new(&path, false, Arc::clone(&stats));
+            let mut out = Output::new(Sink::File(file), fmt.clone());
+            let delivery = if framed_by_caller {
+                let mut lines = Vec::new();
+                for (t, r) in &records {
+                    fmt.frame_into(t, r, &mut lines);
+                }
+                out.submit_framed(lines.into(), &records).await.unwrap()
+            } else {
+                out.submit_records(&records).await.unwrap()
+            };
+            delivery.wait().await.unwrap();
+            out.shutdown().await.unwrap();
+            written.push(std::fs::read(&path).unwrap());
+            let mut per_tag: Vec<_> = stats.snapshot().per_tag.into_iter().collect();
+            per_tag.sort_by(|a, b| a.0.cmp(&b.0));
+            counts.push(format!("{per_tag:?}"));
+        }
+        assert_eq!(written[0], written[1], "format {i}");
+        assert_eq!(counts[0], counts[1], "format {i}");
+        assert!(counts[0].contains("t.b"), "{}", counts[0]);
+    }
+}
+
 // Proves pre-framed bytes are refused by the HTTP output (the tag must be in the URL).
 #[tokio::test]
 async fn http_refuses_preframed_bytes() {

@@ -148,10 +148,7 @@ impl Output {
                 zip.flush(&mut self.scratch);
             }
         }
-        tally
-            .into_counts()
-            .map(|(t, c)| (t.to_owned(), c))
-            .collect()
+        tally.into_owned()
     }
 
     /// Frames and delivers one batch of `(tag, record)` pairs. `Ok` means written and
@@ -174,15 +171,56 @@ impl Output {
             return Ok(Delivery::ready(h.write_records(records).await));
         }
         let tags = self.frame(records);
+        let framed = Bytes::copy_from_slice(&self.scratch);
+        self.deliver(framed, tags).await
+    }
+
+    /// Hands framed bytes to the sink; the delivery records `tags` when it succeeds.
+    async fn deliver(
+        &mut self,
+        framed: Bytes,
+        tags: Vec<(String, TagCounts)>,
+    ) -> Result<Delivery, OutputError> {
         let stats = Arc::clone(&self.stats);
         let delivery = match &mut self.sink {
-            Sink::Pool(p) => p.submit(Bytes::copy_from_slice(&self.scratch)).await?,
-            Sink::Stream(s) => Delivery::carried(s.send(&self.scratch).await),
-            Sink::File(f) => Delivery::ready(f.write_batch(&self.scratch).await),
-            Sink::Stdout(s) => Delivery::ready(s.write_batch(&self.scratch).await),
+            Sink::Pool(p) => p.submit(framed).await?,
+            Sink::Stream(s) => Delivery::carried(s.send(&framed).await),
+            Sink::File(f) => Delivery::ready(f.write_batch(&framed).await),
+            Sink::Stdout(s) => Delivery::ready(s.write_batch(&framed).await),
             Sink::Http(_) => Delivery::ready(Err(OutputError::NeedsRecords("devo_http"))),
         };
         Ok(delivery.with_tags(tags, stats))
+    }
+
+    /// Delivers one batch that the caller already framed with this output's
+    /// [`Output::format`]: `framed` holds the lines of `records`, in order. Stream, file and
+    /// stdout sinks send `framed` as it is (a pool without copying it); `devo_http` and the
+    /// gzip mode work from `records`, as [`Output::submit_records`] does.
+    pub async fn submit_framed(
+        &mut self,
+        framed: Bytes,
+        records: &[(&str, &[u8])],
+    ) -> Result<Delivery, OutputError> {
+        if records.is_empty() {
+            return Ok(Delivery::ready(Ok(())));
+        }
+        if self.zip.is_some() || matches!(self.sink, Sink::Http(_)) {
+            return self.submit_records(records).await;
+        }
+        debug_assert_eq!(
+            framed.len(),
+            records
+                .iter()
+                .map(|(t, r)| self.format.framed_len(t, r))
+                .sum::<usize>(),
+            "framed bytes and records disagree"
+        );
+        let mut tally = TagTally::default();
+        for (tag, record) in records {
+            tally.add(tag, self.format.framed_len(tag, record));
+        }
+        let tags = tally.into_owned();
+        self.deliver(framed, tags).await
     }
 
     /// Writes pre-framed bytes as they are (not valid for `devo_http`).

@@ -163,6 +163,14 @@ impl<'a> TagTally<'a> {
         ));
     }
 
+    /// The collected counts, with owned tags (to outlive the records).
+    pub fn into_owned(self) -> Vec<(String, TagCounts)> {
+        self.entries
+            .into_iter()
+            .map(|(t, c)| (t.to_owned(), c))
+            .collect()
+    }
+
     /// The collected counts.
     pub fn into_counts(self) -> impl Iterator<Item = (&'a str, TagCounts)> {
         self.entries.into_iter()
