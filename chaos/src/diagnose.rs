@@ -166,6 +166,70 @@ pub async fn group_lag_lines(bootstrap: &str, prefix: &str) -> Vec<String> {
     out
 }
 
+/// Where the duplicates at Devo came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DuplicateOrigins {
+    /// Extra receptions explained by extra copies of the record on the events topic: the
+    /// consumer (or the producer listing a blob twice past the consumer's dedup) wrote it
+    /// more than once.
+    pub upstream: u64,
+    /// Extra receptions of records whose copies on the events topic were each delivered
+    /// once already: the forwarder sent them again.
+    pub forwarder: u64,
+}
+
+/// Splits the duplicates of `received` (record id → times at Devo) by origin: a record
+/// received `n` times that is `k` times on the events topic counts `min(n, k) - 1` upstream
+/// and the rest as re-sent by the forwarder.
+pub fn split_duplicates(
+    received: &HashMap<String, u32>,
+    on_events: &HashMap<String, u32>,
+) -> DuplicateOrigins {
+    let mut o = DuplicateOrigins::default();
+    for (id, &n) in received {
+        if n < 2 {
+            continue;
+        }
+        let k = on_events.get(id).copied().unwrap_or(1).max(1);
+        let upstream = n.min(k) - 1;
+        o.upstream += u64::from(upstream);
+        o.forwarder += u64::from(n - 1 - upstream);
+    }
+    o
+}
+
+/// Reads the events topic and splits the duplicates of `received` by origin
+/// ([`split_duplicates`]).
+pub async fn duplicate_origins(
+    bootstrap: &str,
+    prefix: &str,
+    received: &HashMap<String, u32>,
+) -> Result<DuplicateOrigins, String> {
+    let wanted: HashSet<String> = received
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id.clone())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(DuplicateOrigins::default());
+    }
+    let (b, events) = (bootstrap.to_owned(), Topics::new(prefix).events);
+    let on_events = tokio::task::spawn_blocking(move || {
+        let mut count = HashMap::<String, u32>::new();
+        scan(&b, &events, |key, _| {
+            if let Some(k) = key.and_then(|k| std::str::from_utf8(k).ok())
+                && wanted.contains(k)
+            {
+                *count.entry(k.to_owned()).or_default() += 1;
+            }
+        })?;
+        Ok::<_, String>(count)
+    })
+    .await
+    .map_err(|e| format!("scan task: {e}"))??;
+    Ok(split_duplicates(received, &on_events))
+}
+
 /// Diagnoses the lost records of `report` from the topics of the broker at `bootstrap`.
 pub async fn diagnose(
     bootstrap: &str,
@@ -221,4 +285,33 @@ pub async fn diagnose(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves duplicates are split by whether the events topic holds the extra copies.
+    #[test]
+    fn duplicates_split_by_copies_on_the_topic() {
+        let received: HashMap<String, u32> = [("a", 1), ("b", 2), ("c", 3), ("d", 2), ("e", 4)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        // a: once, fine. b: twice at Devo, once on the topic: forwarder. c: three times, twice
+        // on the topic: one upstream, one forwarder. d: twice, twice on the topic: upstream.
+        // e: four times, not found on the topic (compacted away, say): counted as once.
+        let on_events: HashMap<String, u32> = [("a", 1), ("b", 1), ("c", 2), ("d", 2)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let o = split_duplicates(&received, &on_events);
+        assert_eq!(
+            o,
+            DuplicateOrigins {
+                upstream: 2,
+                forwarder: 5
+            }
+        );
+    }
 }

@@ -39,6 +39,8 @@ pub struct Report {
     pub diagnosis: Vec<String>,
     /// Receptions beyond the first of a record.
     pub duplicates: u64,
+    /// The duplicates split by origin (None: not read).
+    pub duplicate_origins: Option<crate::diagnose::DuplicateOrigins>,
     /// Receptions of records in total.
     pub receptions: u64,
     /// Records that arrived but were published after the cutoff (not counted above).
@@ -251,6 +253,13 @@ impl fmt::Display for Report {
                 "dynamic"
             }
         )?;
+        if let Some(o) = &self.duplicate_origins {
+            writeln!(
+                f,
+                "duplicates by origin: {} on the events topic more than once (consumer/producer), {} sent again by the forwarder",
+                o.upstream, o.forwarder
+            )?;
+        }
         writeln!(
             f,
             "watchdog (not injected faults): {} broker restart(s) for not answering, {} tansu group repair(s), {} stage restart(s) for no progress",

@@ -27,7 +27,7 @@ use m365_sim::tenant::{TEST_CLIENT_ID, TEST_CLIENT_SECRET};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::diagnose::{diagnose, group_lag_lines};
+use crate::diagnose::{diagnose, duplicate_origins, group_lag_lines};
 use crate::plan::{FaultKind, Trial, plan};
 use crate::procs::{Broker, Managed, find_binary, find_tansu, free_port};
 use crate::received::Received;
@@ -865,6 +865,10 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<Report> {
     report.trials = counts;
     report.trials_time = trials_time;
     report.drain_time = drain_time;
+    match duplicate_origins(&bootstrap, PREFIX, &received.ids).await {
+        Ok(o) => report.duplicate_origins = Some(o),
+        Err(e) => say(start, format!("duplicates not split by origin: {e}")),
+    }
     if report.lost > 0 {
         match diagnose(&bootstrap, PREFIX, &report).await {
             Ok(found) => {
