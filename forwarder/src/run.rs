@@ -313,7 +313,7 @@ struct Slot {
 /// Pool-wide connect failures so far: an early warning that Devo may be gone before the
 /// connection carrying a batch has noticed (see [`Batches::settle`]).
 fn connect_failures(stats: &OutputStats) -> u64 {
-    stats.snapshot().connect_failures
+    stats.connect_failures()
 }
 
 /// Everything the loop keeps between records: the open batch, the ordered slots and the
@@ -847,13 +847,15 @@ pub async fn run(
                 Ok(m) => {
                     let mut fatal = None;
                     let now = Instant::now();
+                    let sealed_before = b.slots.len();
                     add_message(&mut b, &topics, &m, now, &stats);
                     drop(m);
                     // Take what librdkafka already holds without a turn of the loop per record
                     // (its timers and bookkeeping cost more than the record), up to a bound so
                     // sealed batches reach the writer promptly.
                     for _ in 1..DRAIN_BURST {
-                        if b.blocked() {
+                        // Only a sealed batch can make the loop hold.
+                        if b.slots.len() != sealed_before && b.blocked() {
                             break;
                         }
                         match consumer.recv().now_or_never() {

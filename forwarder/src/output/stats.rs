@@ -114,6 +114,11 @@ impl OutputStats {
         self.reconnects.load(Ordering::Relaxed)
     }
 
+    /// Connection attempts that failed so far (cheap: no copy of the per-tag counts).
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
     /// A copy of all counters.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
