@@ -14,11 +14,12 @@ log() { printf '[bench.sh] %s\n' "$*" >&2; }
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 # 1. System packages: OpenSSL headers (rdkafka's `ssl`), pkg-config, rsyslog and its imkafka
-#    and gnutls modules (the comparison), python3-venv (devo-sdk).
+#    and gnutls modules (the comparison), kcat (links the same librdkafka as imkafka: tells
+#    why rsyslog cannot read a broker), python3-venv (devo-sdk).
 missing=()
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-for p in rsyslog rsyslog-kafka rsyslog-gnutls; do
+for p in rsyslog rsyslog-kafka rsyslog-gnutls kcat; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

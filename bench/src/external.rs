@@ -103,6 +103,31 @@ pub fn log_tail(path: &Path) -> String {
 /// One rsyslog run: imkafka on `filled.prefix.events` (its own consumer group, from the
 /// beginning) → omfwd over TLS with the client certificate → the fake Devo; timed from the
 /// first line at the fake Devo to the last.
+/// Whether the system's librdkafka (the one rsyslog's imkafka is linked with) can talk to
+/// the broker at `bootstrap`, asked through kcat, which links the same library: `None` when it
+/// can (or kcat is not installed), else kcat's first error line.
+pub async fn system_librdkafka_refused(bootstrap: &str) -> Option<String> {
+    let out = Command::new("kcat")
+        .args(["-L", "-b", bootstrap, "-m", "10"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .ok()?
+        .ok()?;
+    if out.status.success() {
+        return None;
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .or_else(|| err.lines().next())
+        .unwrap_or("no message");
+    Some(line.trim().to_owned())
+}
+
 pub async fn rsyslog_run(
     broker: &Broker,
     filled: &Filled,

@@ -316,8 +316,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         let first_failed = rs.samples.is_empty();
                         fail(&mut rs, e);
                         if first_failed {
+                            let why = match external::system_librdkafka_refused(
+                                &broker.bootstrap_servers(),
+                            )
+                            .await
+                            {
+                                Some(e) => format!(
+                                    " The system's librdkafka, which rsyslog's imkafka links, cannot talk to this broker at all: kcat (same library) says `{e}`."
+                                ),
+                                None => String::new(),
+                            };
                             results.notes.push(format!(
-                                "rsyslog could not read from the {name} broker; its comparison uses the other broker where it worked."
+                                "rsyslog could not read from the {name} broker; its comparison uses the other broker where it worked.{why}"
                             ));
                             break;
                         }
