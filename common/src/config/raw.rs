@@ -352,6 +352,10 @@ pub struct RawDevoOutput {
     pub idle_reconnect_secs: Option<i64>,
     /// Reconnect connections older than this many seconds (default 3600).
     pub max_connection_age_secs: Option<i64>,
+    /// Most megabytes of batches the forwarder keeps in memory: waiting to be written, being
+    /// written, and written but kept for the commit delay in case their connection turns out
+    /// lost (default 256). Throughput is at most about twice this per second.
+    pub max_held_mb: Option<i64>,
     /// `devo_http`: ingestion endpoint, e.g. `https://http-eu.devo.io`.
     pub endpoint: Option<String>,
     /// `devo_http`: Devo domain name.

@@ -344,6 +344,9 @@ pub struct DevoSettings {
     pub idle_reconnect_secs: u64,
     /// Reconnect connections older than this many seconds.
     pub max_connection_age_secs: u64,
+    /// Most megabytes of batches held in memory (queued, in flight, or written and waiting
+    /// out the commit delay).
+    pub max_held_mb: u64,
 }
 
 impl DevoSettings {

@@ -1367,6 +1367,8 @@ impl Checker<'_> {
             86_400,
             "3600",
         ) as u64;
+        let max_held_mb =
+            self.int("devo.max_held_mb", d.max_held_mb, 256, 16, 65_536, "256") as u64;
         if self.errors.len() != before {
             return None;
         }
@@ -1386,6 +1388,7 @@ impl Checker<'_> {
             timeout_secs,
             idle_reconnect_secs,
             max_connection_age_secs,
+            max_held_mb,
         })
     }
 
