@@ -32,7 +32,9 @@
 //! no sealed batch waits any more. Pausing is kept for long waits only because librdkafka
 //! drops its prefetched records on every pause: pausing at every full round (as an earlier
 //! version did) refetched all the time and halved throughput. Memory is thus bounded by
-//! twice the in-flight batches, one open batch and librdkafka's prefetch
+//! `max_held_bytes` (batches waiting, in flight, and written but kept for `commit_delay`, which
+//! is why this bound, not the CPU, capped throughput near `max_held_bytes / commit_delay`
+//! when it was 64 MB), one open batch and librdkafka's prefetch
 //! (`queued.max.messages.kbytes`, sized from the batch limit unless configured;
 //! `fetch.queue.backoff.ms` is lowered from librdkafka's 1 s so that a small prefetch queue
 //! is refilled as soon as it is drained instead of a second later). A batch is sealed when
