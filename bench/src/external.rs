@@ -100,9 +100,6 @@ pub fn log_tail(path: &Path) -> String {
     text[start..].replace('\n', " | ")
 }
 
-/// One rsyslog run: imkafka on `filled.prefix.events` (its own consumer group, from the
-/// beginning) → omfwd over TLS with the client certificate → the fake Devo; timed from the
-/// first line at the fake Devo to the last.
 /// Whether the system's librdkafka (the one rsyslog's imkafka is linked with) can talk to
 /// the broker at `bootstrap`, asked through kcat, which links the same library: `None` when it
 /// can (or kcat is not installed), else kcat's first error line.
@@ -128,6 +125,9 @@ pub async fn system_librdkafka_refused(bootstrap: &str) -> Option<String> {
     Some(line.trim().to_owned())
 }
 
+/// One rsyslog run: imkafka on `filled.prefix.events` (its own consumer group, from the
+/// beginning) → omfwd over TLS with the client certificate → the fake Devo; timed from the
+/// first line at the fake Devo to the last.
 pub async fn rsyslog_run(
     broker: &Broker,
     filled: &Filled,

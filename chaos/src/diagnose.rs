@@ -213,21 +213,30 @@ pub async fn duplicate_origins(
     if wanted.is_empty() {
         return Ok(DuplicateOrigins::default());
     }
-    let (b, events) = (bootstrap.to_owned(), Topics::new(prefix).events);
-    let on_events = tokio::task::spawn_blocking(move || {
+    let on_events = key_counts(bootstrap, &Topics::new(prefix).events, wanted).await?;
+    Ok(split_duplicates(received, &on_events))
+}
+
+/// How many times each key of `wanted` is on `topic` (keys never seen are absent).
+async fn key_counts(
+    bootstrap: &str,
+    topic: &str,
+    wanted: HashSet<String>,
+) -> Result<HashMap<String, u32>, String> {
+    let (b, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
         let mut count = HashMap::<String, u32>::new();
-        scan(&b, &events, |key, _| {
+        scan(&b, &topic, |key, _| {
             if let Some(k) = key.and_then(|k| std::str::from_utf8(k).ok())
                 && wanted.contains(k)
             {
                 *count.entry(k.to_owned()).or_default() += 1;
             }
         })?;
-        Ok::<_, String>(count)
+        Ok(count)
     })
     .await
-    .map_err(|e| format!("scan task: {e}"))??;
-    Ok(split_duplicates(received, &on_events))
+    .map_err(|e| format!("scan task: {e}"))?
 }
 
 /// Diagnoses the lost records of `report` from the topics of the broker at `bootstrap`.
@@ -242,24 +251,11 @@ pub async fn diagnose(
     let retry = content_ids(bootstrap, &topics.retry).await?;
     let dead = content_ids(bootstrap, &topics.dead).await?;
     let wanted: HashSet<String> = lost_ids_by_blob.values().flatten().cloned().collect();
-    let (b, events) = (bootstrap.to_owned(), topics.events.clone());
-    let found = tokio::task::spawn_blocking(move || {
-        let mut found = HashSet::<String>::new();
-        scan(&b, &events, |key, _| {
-            if let Some(k) = key.and_then(|k| std::str::from_utf8(k).ok())
-                && wanted.contains(k)
-            {
-                found.insert(k.to_owned());
-            }
-        })?;
-        Ok::<_, String>(found)
-    })
-    .await
-    .map_err(|e| format!("scan task: {e}"))??;
+    let found = key_counts(bootstrap, &topics.events, wanted).await?;
     let mut out = Vec::new();
     for (blob, (_, lost)) in &report.lost_blobs {
         let ids = lost_ids_by_blob.get(blob).cloned().unwrap_or_default();
-        let lost_on_events = ids.iter().filter(|id| found.contains(*id)).count() as u64;
+        let lost_on_events = ids.iter().filter(|id| found.contains_key(*id)).count() as u64;
         let on_uris = uris.get(blob).copied().unwrap_or(0);
         let on_retry = retry.get(blob).copied().unwrap_or(0);
         let on_dead = dead.get(blob).copied().unwrap_or(0);

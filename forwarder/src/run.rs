@@ -110,7 +110,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::framing::LineFormat;
 use crate::internal_events::ForwarderStats;
-use crate::output::{Carrier, Delivery, LinkState, Output, OutputError, OutputStats};
+use crate::output::{Carrier, Delivery, LinkState, Output, OutputError};
 use crate::settings::ForwarderSettings;
 
 /// Longest tag accepted from a `tag` header.
@@ -310,12 +310,6 @@ struct Slot {
     seq: u64,
     batch: Arc<Batch>,
     state: SlotState,
-}
-
-/// Pool-wide connect failures so far: an early warning that Devo may be gone before the
-/// connection carrying a batch has noticed (see [`Batches::settle`]).
-fn connect_failures(stats: &OutputStats) -> u64 {
-    stats.connect_failures()
 }
 
 /// Everything the loop keeps between records: the open batch, the ordered slots and the
@@ -757,7 +751,7 @@ pub async fn run(
 
     let result: Result<(), RunError> = loop {
         let now = Instant::now();
-        let failures = connect_failures(&out_stats);
+        let failures = out_stats.connect_failures();
         for (seq, batch) in b.take_submittable(now) {
             stats.batches.inc();
             // Never blocks: the channel holds more than `max_in_flight` jobs.
@@ -830,7 +824,7 @@ pub async fn run(
             }
             ev = ev_rx.recv() => match ev {
                 Some(WriterEvent::Done { seq, result: Ok(carrier) }) => {
-                    let failures = connect_failures(&out_stats);
+                    let failures = out_stats.connect_failures();
                     if let Some(latency) = b.delivered(seq, Instant::now(), carrier, failures, &stats) {
                         stats.batch_latency.observe(latency);
                     }
@@ -909,7 +903,7 @@ pub async fn run(
         // Connections have closed: gracefully (the server read everything they carried) or
         // not (their batches stay uncommitted and are sent again after the restart).
         let (offsets, records) =
-            b.settle(Instant::now(), connect_failures(&out_stats), true, &stats);
+            b.settle(Instant::now(), out_stats.connect_failures(), true, &stats);
         merge(&mut commits, offsets, records);
         if !b.slots.is_empty() {
             tracing::warn!(

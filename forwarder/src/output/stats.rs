@@ -175,9 +175,4 @@ impl<'a> TagTally<'a> {
             .map(|(t, c)| (t.to_owned(), c))
             .collect()
     }
-
-    /// The collected counts.
-    pub fn into_counts(self) -> impl Iterator<Item = (&'a str, TagCounts)> {
-        self.entries.into_iter()
-    }
 }
