@@ -12,6 +12,12 @@
 //! even if the blob then fails (a retry must not send it again); on a Kafka error the caller
 //! discards the filter and reloads it from `m365.state` + `m365.events`.
 //!
+//! Acknowledgements: a failed blob has every send settled before [`download`] returns. A
+//! completed blob in the ordered mode is returned with its last sends possibly still
+//! unacknowledged ([`Downloaded::unacknowledged`]), so the caller can start the next blob
+//! while they arrive; it must drain them before committing the blob's offset or writing a
+//! snapshot of a filter that holds the blob's ids.
+//!
 //! Damaged bodies: an element with invalid JSON or UTF-8 stops the download and fails the
 //! attempt (transient: the damage may have happened in transit) until the blob has been tried
 //! `damaged_body_retries` times; after that intact records are kept and the damaged elements
@@ -50,6 +56,13 @@ pub struct BlobResult {
     pub body_bytes: u64,
 }
 
+/// A completed blob: what it gave, and its sends still awaiting acknowledgement (always
+/// empty in the transactional mode).
+pub struct Downloaded {
+    pub result: BlobResult,
+    pub unacknowledged: InFlight,
+}
+
 /// Why a blob did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -82,7 +95,7 @@ pub async fn download(
     api: &ApiClient,
     uri: &UriMessage,
     dedup: &mut Dedup,
-) -> Result<BlobResult, BlobError> {
+) -> Result<Downloaded, BlobError> {
     let transactional = job.out.is_transactional();
     let allow_damaged = uri.attempt >= job.settings.retry.damaged_body_retries;
     let mut body = api.fetch_blob(&uri.content_uri).await?;
@@ -150,17 +163,30 @@ pub async fn download(
     Ok(())
     }
     .await;
-    // Whatever happened, every send must be settled before the caller decides: in the ordered
-    // mode a record whose id is in the filter must really be on the topic.
-    flight.drain().await?;
-    streamed?;
-    match splitter.finish() {
+    let finished = match streamed {
+        Ok(()) => splitter
+            .finish()
+            .map_err(|incomplete| BlobError::Incomplete(Box::new(incomplete))),
+        Err(e) => Err(e),
+    };
+    match finished {
         Ok(summary) => {
             result.rejected = summary.rejected;
             result.body_bytes = summary.body_bytes;
+            if transactional {
+                flight.drain().await?;
+            }
+            result.new_ids = pending.into_iter().collect();
+            Ok(Downloaded {
+                result,
+                unacknowledged: flight,
+            })
         }
-        Err(incomplete) => return Err(BlobError::Incomplete(Box::new(incomplete))),
+        Err(e) => {
+            // A failed blob is routed (retry or dead letter) right away: in the ordered mode a
+            // record whose id is in the filter must be on the topic before that.
+            flight.drain().await?;
+            Err(e)
+        }
     }
-    result.new_ids = pending.into_iter().collect();
-    Ok(result)
 }

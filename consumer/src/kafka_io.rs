@@ -8,8 +8,10 @@
 //!   metadata, so a stale group member is fenced) and commits: events and offset become
 //!   visible together or not at all;
 //! * **ordered** (brokers without transactions) — produce on the idempotent producer, wait for
-//!   every acknowledgement, then commit the consumer offset synchronously. A crash in between
-//!   replays the blob; the dedup state (see [`crate::state`]) absorbs the replay.
+//!   every acknowledgement, then commit the consumer offset synchronously (the download
+//!   stage waits for a blob's acknowledgements while it sends the next blob, see
+//!   `crate::run`). A crash in between replays the blob; the dedup state (see
+//!   [`crate::state`]) absorbs the replay.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,10 +34,17 @@ use tracing::{info, warn};
 
 /// Consumer context that counts revocations and assignments, so the loops know when
 /// partitions (and with them the streams they hold state for) may have moved.
-#[derive(Debug, Default, Clone)]
+///
+/// With a producer to flush (the download stage's ordered mode, where the last blob's sends
+/// may still await acknowledgement when the next URI is read), a revocation first waits for
+/// everything produced so far: the member that takes the partitions over loads its dedup
+/// filters from `m365.events` after this member has left them, so it finds the blob's events
+/// there and drops them if it reads the blob's URI again.
+#[derive(Default, Clone)]
 pub struct GroupContext {
     revocations: Arc<AtomicU64>,
     assignments: Arc<AtomicU64>,
+    flush_on_revoke: Option<FutureProducer>,
 }
 
 impl GroupContext {
@@ -59,6 +68,13 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 self.revocations.fetch_add(1, Ordering::SeqCst);
+                if let Some(producer) = &self.flush_on_revoke
+                    && let Err(e) = producer.flush(REVOKE_FLUSH_TIMEOUT)
+                {
+                    // The blob is then settled (or fails) after the rebalance; the other
+                    // member may replay it before its events are on the topic.
+                    warn!(error = %e, "Sends were still unacknowledged when partitions were revoked.");
+                }
                 info!(partitions = tpl.count(), "Partitions revoked.");
             }
             Rebalance::Assign(tpl) => {
@@ -73,14 +89,22 @@ impl ConsumerContext for GroupContext {
 /// A group consumer of the consumer stages.
 pub type GroupConsumer = StreamConsumer<GroupContext>;
 
-/// Creates a group consumer on `topic` (read_committed, manual commits).
+/// How long a revocation waits for unacknowledged sends (see [`GroupContext`]).
+const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates a group consumer on `topic` (read_committed, manual commits). With `flush`, a
+/// revocation first waits for that output's sends (see [`GroupContext`]).
 pub fn group_consumer(
     settings: &KafkaSettings,
     group_id: &str,
     topic: &str,
     session_timeout: Duration,
+    flush: Option<&Output>,
 ) -> Result<(Arc<GroupConsumer>, GroupContext), KafkaGlueError> {
-    let ctx = GroupContext::default();
+    let ctx = GroupContext {
+        flush_on_revoke: flush.map(|o| o.producer.clone()),
+        ..GroupContext::default()
+    };
     let mut cfg = settings.consumer_config(group_id);
     // URI messages are tiny; keep the prefetch small so a paused or slow member holds little.
     cfg.set("queued.max.messages.kbytes", "4096")

@@ -286,6 +286,7 @@ async fn retry_session(
         &ConsumerSettings::retry_group_id(&shared.kafka.topic_prefix),
         &topics.retry,
         settings.session_timeout,
+        None,
     )?;
     info!(
         transactional = out.is_transactional(),
