@@ -331,6 +331,51 @@ async fn empty_blob_completes_without_events() {
     rig.stop().await;
 }
 
+// Blobs whose URIs arrive together overlap (the last sends of one are acknowledged while the
+// next is sent); a blob is counted only once its offset is committed, and the last blob before
+// the topic goes quiet is committed without waiting for another URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_blob_is_committed_in_order_and_the_last_without_a_successor() {
+    let rig = Rig::start("c-overlap").await;
+    let uris: Vec<_> = (0..4)
+        .map(|b| {
+            let id = rig
+                .sim
+                .publish_records(TENANT, ContentType::Exchange, good(50, &format!("o{b}")))
+                .expect("published");
+            uri_for(&rig.sim, TENANT, CT, &id)
+        })
+        .collect();
+    put_uris(&rig.kafka, &uris).await;
+    let stats = rig.stats();
+    assert!(
+        eventually(Duration::from_secs(40), || {
+            let stats = stats.clone();
+            async move { stats.blobs_fetched.get() >= 4 }
+        })
+        .await,
+        "blobs fetched: {}",
+        stats.blobs_fetched.get()
+    );
+    // No waiting here: counted means committed. All four URIs share one stream, so one
+    // partition; its committed offset is its end.
+    let group = m365_consumer::ConsumerSettings::group_id(&rig.kafka.topic_prefix);
+    let committed = committed_offsets(&rig.kafka, &group, &rig.kafka.topics().uris);
+    let ends = end_offsets(&rig.kafka, &rig.kafka.topics().uris);
+    let busy: Vec<_> = ends.iter().filter(|(_, end)| **end > 0).collect();
+    assert_eq!(busy.len(), 1, "one partition holds the URIs: {ends:?}");
+    let (partition, end) = busy[0];
+    assert_eq!(
+        committed.get(partition),
+        Some(end),
+        "committed {committed:?}, ends {ends:?}"
+    );
+    let events = read_events(&rig.kafka).await;
+    assert_eq!(events.len(), 200);
+    assert_eq!(ids(&events).into_iter().collect::<BTreeSet<_>>().len(), 200);
+    rig.stop().await;
+}
+
 // Elements that are not records (a number, an object without Id, an array) are skipped and
 // counted, with a warning record; the records around them arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
