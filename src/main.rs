@@ -18,6 +18,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use m365_common::config;
 
+#[global_allocator]
+static ALLOCATOR: m365_common::Jemalloc = m365_common::Jemalloc;
+
 /// Microsoft 365 audit logs to Devo, through Kafka.
 #[derive(Parser, Debug)]
 #[command(name = "m365-devo", version, about, long_about = None)]

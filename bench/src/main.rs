@@ -35,6 +35,9 @@ use crate::rig::{Broker, DevoRig, StageSim};
 use crate::stages::Filled;
 use crate::stats::{Measurement, MemoryPoint, Sample};
 
+#[global_allocator]
+static ALLOCATOR: m365_common::Jemalloc = m365_common::Jemalloc;
+
 /// Parts of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {

@@ -30,3 +30,11 @@ pub mod runtime;
 pub mod tags;
 pub mod telemetry;
 pub mod testkit;
+
+/// The memory allocator of the m365-devo binaries, each of which declares it with
+/// `#[global_allocator]`: jemalloc, whose `malloc` and `free` also replace libc's in the
+/// process, so librdkafka's per-message and per-header allocations go to it too. glibc's
+/// allocator was ~8% of the CPU end to end (consolidating, splitting and unlinking chunks
+/// freed on other threads); measured back to back, four runs of three: end to end
+/// 81.8k/94.8k/91.9k/99.9k records/s with jemalloc against 65.7k/86.1k/90.0k/89.1k without.
+pub use tikv_jemallocator::Jemalloc;

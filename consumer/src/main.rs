@@ -14,6 +14,9 @@ use m365_consumer::internal_events::ConsumerStats;
 use m365_consumer::settings::tenants_from_runtime;
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: m365_common::Jemalloc = m365_common::Jemalloc;
+
 /// Downloads Microsoft 365 audit blobs into Kafka (topic `<prefix>.events`).
 #[derive(Parser, Debug)]
 #[command(name = "m365-consumer", version, about, long_about = None)]

@@ -16,6 +16,9 @@ use m365_forwarder::internal_events::ForwarderStats;
 use m365_forwarder::{ForwarderSettings, build_output};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: m365_common::Jemalloc = m365_common::Jemalloc;
+
 /// Forwards Microsoft 365 audit records from Kafka (`<prefix>.events`, `<prefix>.health`)
 /// to Devo.
 #[derive(Parser, Debug)]

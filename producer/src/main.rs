@@ -12,6 +12,9 @@ use m365_producer::internal_events::ProducerStats;
 use m365_producer::{Coordination, ProducerSettings, run::tenants_from_runtime};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: m365_common::Jemalloc = m365_common::Jemalloc;
+
 /// Lists Microsoft 365 audit content into Kafka (topic `<prefix>.uris`).
 #[derive(Parser, Debug)]
 #[command(name = "m365-producer", version, about, long_about = None)]
