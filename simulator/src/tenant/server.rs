@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::serve::Listener;
+use axum::serve::ListenerExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -57,6 +58,10 @@ async fn accept_loop(
                 continue;
             }
         };
+        // As a production HTTP server does: without it a response's last small segment can
+        // wait for the client's delayed ACK (~40 ms), which stalled one blob download in
+        // twenty on the benchmark.
+        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -104,9 +109,14 @@ pub(crate) fn spawn(
             })
         }
         None => tokio::spawn(async move {
-            if let Err(error) = axum::serve(tcp, router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            if let Err(error) = axum::serve(
+                tcp.tap_io(|io| {
+                    let _ = io.set_nodelay(true);
+                }),
+                router,
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
             {
                 tracing::warn!(%error, "Simulator server stopped with an error.");
             }
