@@ -407,9 +407,7 @@ impl Session {
                 let Some(state) = self.filters.get_mut(&id) else {
                     return Ok(());
                 };
-                let due = state
-                    .last_snapshot
-                    .is_none_or(|t| t.elapsed() >= shared.settings.snapshot_interval);
+                let due = state.last_snapshot.elapsed() >= shared.settings.snapshot_interval;
                 if due && state.dirty {
                     self.settle(shared, out, consumer, false).await?;
                     if let Some(state) = self.filters.get_mut(&id) {
