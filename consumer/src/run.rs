@@ -242,7 +242,9 @@ impl Session {
                 None => None,
             };
             if ready.is_none() {
-                self.settle(shared, &out, &consumer, false)
+                // That poll may have served a rebalance.
+                let moved = ctx.rebalances() != rebalances;
+                self.settle(shared, &out, &consumer, moved)
                     .await
                     .inspect_err(|_| self.filters.clear())?;
             }
