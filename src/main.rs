@@ -1,8 +1,8 @@
 //! `m365-devo`: the all-in-one command.
 //!
-//! Sub-commands today: `check-config`, `doctor` (see `doctor.rs`) and `onboard` (see
-//! `onboard.rs`). (`run` and `demo` come with the consumer and forwarder loops; see the
-//! README's status table.)
+//! Sub-commands: `run` (the three stages in one process, see `pipeline.rs`), `demo` (the
+//! same against the simulated tenant and fake Devo, see `demo.rs`), `check-config`, `doctor`
+//! (see `doctor.rs`) and `onboard` (see `onboard.rs`).
 //!
 //! Exit codes: 0 success, 1 runtime failure (for `doctor`: a check failed), 2 invalid
 //! configuration or usage.
