@@ -20,7 +20,9 @@
 //! (a refused or failed URI), before a dedup snapshot is written (a snapshot never holds an
 //! id whose event is not on the topic), when no next URI is waiting (an idle topic never
 //! leaves an offset uncommitted), after a rebalance and at shutdown. So offsets are still
-//! committed strictly in order, each only after its own blob's events are acknowledged.
+//! committed strictly in order, each only after its own blob's events are acknowledged. The
+//! in-flight bounds (`max_in_flight_records`, `max_in_flight_bytes`) are per blob, so up to
+//! twice them may await acknowledgement while two blobs overlap.
 //!
 //! Rebalances happen only inside `recv`, between blobs (rdkafka serves the rebalance callback
 //! on the polling task), so a blob is always downloaded by the member that started it. A

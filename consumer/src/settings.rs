@@ -66,8 +66,9 @@ pub struct ConsumerSettings {
     pub max_in_flight_records: usize,
     /// Most event bytes produced and not yet acknowledged, per blob (bounds memory).
     pub max_in_flight_bytes: usize,
-    /// A stream's dedup snapshot is written after its first blob and then at most this often
-    /// (and on clean shutdown); ids after the last snapshot are recovered from `m365.events`.
+    /// A stream's dedup snapshot is written at most this often, the first one this long after
+    /// its filter was loaded (and on clean shutdown); ids after the last snapshot are
+    /// recovered from `m365.events`.
     pub snapshot_interval: Duration,
     /// Largest part of a dedup snapshot on `m365.state`.
     pub snapshot_part_bytes: usize,

@@ -22,8 +22,9 @@
 //! [`StateStore::load_many`] loads several streams with one read and one scan (the consumer
 //! loads the streams whose URIs come to its partitions together), each stream taking only the
 //! records at or after its own snapshot's offsets.
-//! Snapshots are therefore an optimisation of the scan, written after a stream's first blob,
-//! then at most every `snapshot_interval`, and on clean shutdown.
+//! Snapshots are therefore an optimisation of the scan, written at most every
+//! `snapshot_interval` (the first one that long after the filter was loaded) while the filter
+//! has news, and on clean shutdown.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
