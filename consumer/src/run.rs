@@ -246,9 +246,7 @@ impl Session {
             if ready.is_none() {
                 // That poll may have served a rebalance.
                 let moved = ctx.rebalances() != rebalances;
-                self.settle(shared, &out, &consumer, moved)
-                    .await
-                    .inspect_err(|_| self.filters.clear())?;
+                self.settle(shared, &out, &consumer, moved).await?;
             }
             let message = match ready {
                 Some(m) => Some(m.map_err(read_error)?.detach()),
@@ -260,9 +258,7 @@ impl Session {
             };
             if ctx.rebalances() != rebalances {
                 rebalances = ctx.rebalances();
-                self.settle(shared, &out, &consumer, true)
-                    .await
-                    .inspect_err(|_| self.filters.clear())?;
+                self.settle(shared, &out, &consumer, true).await?;
                 self.filters.clear();
             }
             if let Some(message) = message
@@ -288,19 +284,6 @@ impl Session {
     ) -> Result<(), KafkaGlueError> {
         let topics = &shared.topics;
         let (partition, offset) = (message.partition(), message.offset());
-        let commit = |records: Vec<kafka::OutRecord>| async move {
-            out.begin().await?;
-            let r = async {
-                out.send_all(&records).await?;
-                out.commit_with_offsets(consumer, &topics.uris, partition, offset + 1)
-                    .await
-            }
-            .await;
-            if r.is_err() {
-                out.abort().await;
-            }
-            r
-        };
         let Some(uri) = message
             .payload()
             .and_then(|p| serde_json::from_slice::<UriMessage>(p).ok())
@@ -320,8 +303,10 @@ impl Session {
                     topics.uris
                 ),
             );
-            self.settle(shared, out, consumer, false).await?;
-            return commit(vec![rec.to_record(&topics.health)]).await;
+            let records = vec![rec.to_record(&topics.health)];
+            return self
+                .commit_alone(shared, out, consumer, message, records)
+                .await;
         };
         let job_id = &shared.settings.job_id;
         let refuse = |reason: &str| {
@@ -330,29 +315,26 @@ impl Session {
         };
         let Some(tenant) = shared.tenants.get(&uri.tenant_id.to_ascii_lowercase()) else {
             warn!(tenant = %uri.tenant_id, content_id = %uri.content_id, "URI of a tenant this consumer does not serve; dead-lettered.");
-            self.settle(shared, out, consumer, false).await?;
-            commit(refuse(
-                "unknown tenant: not in this consumer's configuration",
-            ))
-            .await?;
+            let records = refuse("unknown tenant: not in this consumer's configuration");
+            self.commit_alone(shared, out, consumer, message, records)
+                .await?;
             shared.stats.blobs_dead.inc();
             return Ok(());
         };
         if !tenant.api.is_own_content_uri(&uri.content_uri) {
             error!(tenant = %uri.tenant_id, content_id = %uri.content_id, content_uri = %uri.content_uri,
                 "Refusing a content URI that is not on the tenant's API base; no request was made.");
-            self.settle(shared, out, consumer, false).await?;
-            commit(refuse(
-                "foreign_content_uri: not on the tenant's configured API base",
-            ))
-            .await?;
+            let records = refuse("foreign_content_uri: not on the tenant's configured API base");
+            self.commit_alone(shared, out, consumer, message, records)
+                .await?;
             shared.stats.uris_refused.inc();
             shared.stats.blobs_dead.inc();
             return Ok(());
         }
         if Utc::now() >= uri.content_expiration {
-            self.settle(shared, out, consumer, false).await?;
-            commit(refuse("content expired before download")).await?;
+            let records = refuse("content expired before download");
+            self.commit_alone(shared, out, consumer, message, records)
+                .await?;
             shared.stats.blobs_dead.inc();
             return Ok(());
         }
@@ -382,6 +364,7 @@ impl Session {
                 result,
                 unacknowledged,
             }) => {
+                state.dirty |= result.records_in > result.duplicates;
                 if out.is_transactional() {
                     if let Err(e) = out
                         .commit_with_offsets(consumer, &topics.uris, partition, offset + 1)
@@ -393,12 +376,10 @@ impl Session {
                     for rid in &result.new_ids {
                         state.dedup.check_and_insert(rid);
                     }
-                    state.dirty |= result.records_in > result.duplicates;
                     blob_done(shared, out, &uri, &result).await?;
                 } else {
-                    // Ids went into the filter as they were sent.
-                    state.dirty |= result.records_in > result.duplicates;
-                    // The previous blob's acknowledgements arrived while this one was sent.
+                    // The ids went into the filter as they were sent; the previous blob's
+                    // acknowledgements arrived while this one was sent.
                     self.settle(shared, out, consumer, false).await?;
                     self.pending = Some(Pending {
                         unacknowledged,
@@ -408,11 +389,11 @@ impl Session {
                         result,
                     });
                 }
-                let Some(state) = self.filters.get_mut(&id) else {
-                    return Ok(());
-                };
-                let due = state.last_snapshot.elapsed() >= shared.settings.snapshot_interval;
-                if due && state.dirty {
+                let due = self.filters.get(&id).is_some_and(|state| {
+                    state.dirty
+                        && state.last_snapshot.elapsed() >= shared.settings.snapshot_interval
+                });
+                if due {
                     self.settle(shared, out, consumer, false).await?;
                     if let Some(state) = self.filters.get_mut(&id) {
                         shared.state.save(&id, state, out).await?;
@@ -426,7 +407,6 @@ impl Session {
             }
             Err(e) => {
                 out.abort().await;
-                self.settle(shared, out, consumer, false).await?;
                 let failure = classify(&e);
                 let r = route(
                     &uri,
@@ -448,9 +428,41 @@ impl Session {
                         shared.stats.blobs_dead.inc();
                     }
                 }
-                commit(route_records(&r, shared)).await
+                let records = route_records(&r, shared);
+                self.commit_alone(shared, out, consumer, message, records)
+                    .await
             }
         }
+    }
+
+    /// Commits `records` together with the offset after `message`'s, for a URI that produced
+    /// no blob (refused, unreadable, or routed to retry or dead letter). The pending blob is
+    /// settled first: its offset comes before this one.
+    async fn commit_alone(
+        &mut self,
+        shared: &Shared,
+        out: &Output,
+        consumer: &Arc<GroupConsumer>,
+        message: &OwnedMessage,
+        records: Vec<kafka::OutRecord>,
+    ) -> Result<(), KafkaGlueError> {
+        self.settle(shared, out, consumer, false).await?;
+        out.begin().await?;
+        let r = async {
+            out.send_all(&records).await?;
+            out.commit_with_offsets(
+                consumer,
+                &shared.topics.uris,
+                message.partition(),
+                message.offset() + 1,
+            )
+            .await
+        }
+        .await;
+        if r.is_err() {
+            out.abort().await;
+        }
+        r
     }
 
     /// Settles the pending blob, if any (see the module docs): waits for its sends, commits
