@@ -2,8 +2,12 @@
 //! the real broker the test script started, named by `M365_TEST_KAFKA`), and API clients
 //! wired to a local simulator. Nothing here reaches beyond 127.0.0.1.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{Offset, TopicPartitionList};
 use secrecy::SecretString;
 use url::Url;
 
@@ -175,4 +179,44 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// The group's committed offset per `(topic, partition)` of `topics` (partitions without one
+/// are left out).
+pub fn committed_offsets(
+    settings: &KafkaSettings,
+    group: &str,
+    topics: &[&str],
+) -> BTreeMap<(String, i32), i64> {
+    let c: BaseConsumer = settings.consumer_config(group).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in 0..settings.partitions {
+            tpl.add_partition(t, p);
+        }
+    }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The end offset (high watermark) per `(topic, partition)` of `topics`.
+pub fn end_offsets(settings: &KafkaSettings, topics: &[&str]) -> BTreeMap<(String, i32), i64> {
+    let c: BaseConsumer = settings.client_config().create().expect("client");
+    let mut out = BTreeMap::new();
+    for t in topics {
+        for p in 0..settings.partitions {
+            let (_, high) = c
+                .fetch_watermarks(t, p, Duration::from_secs(10))
+                .expect("watermarks");
+            out.insert((t.to_string(), p), high);
+        }
+    }
+    out
 }

@@ -13,7 +13,7 @@ use consumer_support::*;
 use m365_common::envelope::UriMessage;
 use m365_common::health::Kind;
 use m365_common::kafka::KafkaSettings;
-use m365_common::testkit::{BrokerKind, TestBroker, eventually};
+use m365_common::testkit::{self, BrokerKind, TestBroker, eventually};
 use m365_consumer::internal_events::ConsumerStats;
 use m365_sim::Simulator;
 use m365_sim::tenant::{ContentType, FaultKind, FaultTarget};
@@ -360,8 +360,9 @@ async fn each_blob_is_committed_in_order_and_the_last_without_a_successor() {
     // No waiting here: counted means committed. All four URIs share one stream, so one
     // partition; its committed offset is its end.
     let group = m365_consumer::ConsumerSettings::group_id(&rig.kafka.topic_prefix);
-    let committed = committed_offsets(&rig.kafka, &group, &rig.kafka.topics().uris);
-    let ends = end_offsets(&rig.kafka, &rig.kafka.topics().uris);
+    let uris = rig.kafka.topics().uris;
+    let committed = testkit::committed_offsets(&rig.kafka, &group, &[&uris]);
+    let ends = testkit::end_offsets(&rig.kafka, &[&uris]);
     let busy: Vec<_> = ends.iter().filter(|(_, end)| **end > 0).collect();
     assert_eq!(busy.len(), 1, "one partition holds the URIs: {ends:?}");
     let (partition, end) = busy[0];

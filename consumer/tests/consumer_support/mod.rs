@@ -19,8 +19,6 @@ use m365_consumer::settings::{RetryPolicy, StreamOptions, dedup_settings};
 use m365_consumer::{ConsumerSettings, ConsumerTenant};
 use m365_sim::tenant::config::{ContentType, TEST_CLIENT_ID, TEST_CLIENT_SECRET};
 use m365_sim::tenant::{SimConfig, Simulator};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::{Offset, TopicPartitionList};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -385,37 +383,6 @@ pub fn producer_tenants(sim: &Simulator, tenants: &[&str]) -> Vec<m365_producer:
                     start_time: None,
                 })
                 .collect(),
-        })
-        .collect()
-}
-
-/// The group's committed offset per partition of `topic` (partitions without one are left out).
-pub fn committed_offsets(kafka: &KafkaSettings, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-    let c: BaseConsumer = kafka.consumer_config(group).create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..kafka.partitions {
-        tpl.add_partition(topic, p);
-    }
-    c.committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets")
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The end offset of each partition of `topic`.
-pub fn end_offsets(kafka: &KafkaSettings, topic: &str) -> BTreeMap<i32, i64> {
-    let c: BaseConsumer = kafka.client_config().create().expect("client");
-    (0..kafka.partitions)
-        .map(|p| {
-            let (_, high) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks");
-            (p, high)
         })
         .collect()
 }

@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use m365_common::envelope::EventHeaders;
 use m365_common::kafka::KafkaSettings;
+use m365_common::testkit;
 use m365_sim::devo::FakeDevo;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 pub const TAGS: [&str; 3] = [
     "cloud.office365.management.exchange",
@@ -159,42 +158,16 @@ pub fn received(devo: &FakeDevo) -> Received {
 
 /// The group's committed offset per `(topic, partition)` of the two forwarded topics.
 pub fn committed(settings: &KafkaSettings, group: &str) -> BTreeMap<(String, i32), i64> {
-    let c: BaseConsumer = settings.consumer_config(group).create().expect("consumer");
     let topics = settings.topics();
-    let mut tpl = TopicPartitionList::new();
-    for t in [&topics.events, &topics.health] {
-        for p in 0..settings.partitions {
-            tpl.add_partition(t, p);
-        }
-    }
-    let got = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    got.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
-            _ => None,
-        })
-        .collect()
+    testkit::committed_offsets(settings, group, &[&topics.events, &topics.health])
 }
 
-/// End offset per `(topic, partition)`.
+/// End offset per `(topic, partition)` of the two forwarded topics, non-empty partitions only.
 pub fn end_offsets(settings: &KafkaSettings) -> BTreeMap<(String, i32), i64> {
-    let c: BaseConsumer = settings.client_config().create().expect("client");
     let topics = settings.topics();
-    let mut out = BTreeMap::new();
-    for t in [&topics.events, &topics.health] {
-        for p in 0..settings.partitions {
-            let (_, high) = c
-                .fetch_watermarks(t, p, Duration::from_secs(10))
-                .expect("watermarks");
-            if high > 0 {
-                out.insert((t.clone(), p), high);
-            }
-        }
-    }
-    out
+    let mut ends = testkit::end_offsets(settings, &[&topics.events, &topics.health]);
+    ends.retain(|_, high| *high > 0);
+    ends
 }
 
 /// Id of every event by `(partition, offset)`.
