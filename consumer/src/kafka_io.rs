@@ -294,6 +294,32 @@ impl Output {
         }
     }
 
+    /// Sends `records` and commits them, with the consumer offset `next` of `at` (topic,
+    /// partition) when given: one transaction in the transactional mode (aborted if any step
+    /// fails), every acknowledgement awaited before the offset commit in the ordered mode.
+    pub async fn send_and_commit(
+        &self,
+        records: &[OutRecord],
+        at: Option<(&Arc<GroupConsumer>, &str, i32, i64)>,
+    ) -> Result<(), KafkaGlueError> {
+        self.begin().await?;
+        let r = async {
+            self.send_all(records).await?;
+            match at {
+                Some((consumer, topic, partition, next)) => {
+                    self.commit_with_offsets(consumer, topic, partition, next)
+                        .await
+                }
+                None => self.commit_plain().await,
+            }
+        }
+        .await;
+        if r.is_err() {
+            self.abort().await;
+        }
+        r
+    }
+
     /// Sends records and waits for every acknowledgement.
     pub async fn send_all(&self, records: &[OutRecord]) -> Result<(), KafkaGlueError> {
         let mut flight = InFlight::new(usize::MAX, usize::MAX);

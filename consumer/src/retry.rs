@@ -383,22 +383,13 @@ async fn handle_due(
             vec![uri_record(&topics.uris, &m)]
         }
     };
-    out.begin().await?;
-    let sent = async {
-        out.send_all(&records).await?;
-        out.commit_with_offsets(
-            consumer,
-            &topics.retry,
-            held.message.partition(),
-            held.message.offset() + 1,
-        )
-        .await
-    }
-    .await;
-    if let Err(e) = sent {
-        out.abort().await;
-        return Err(e);
-    }
+    let at = (
+        consumer,
+        topics.retry.as_str(),
+        held.message.partition(),
+        held.message.offset() + 1,
+    );
+    out.send_and_commit(&records, Some(at)).await?;
     match &held.uri {
         Some(uri) if records.len() == 2 => {
             shared.stats.blobs_dead.inc();

@@ -447,22 +447,13 @@ impl Session {
         records: Vec<kafka::OutRecord>,
     ) -> Result<(), KafkaGlueError> {
         self.settle(shared, out, consumer, false).await?;
-        out.begin().await?;
-        let r = async {
-            out.send_all(&records).await?;
-            out.commit_with_offsets(
-                consumer,
-                &shared.topics.uris,
-                message.partition(),
-                message.offset() + 1,
-            )
-            .await
-        }
-        .await;
-        if r.is_err() {
-            out.abort().await;
-        }
-        r
+        let at = (
+            consumer,
+            shared.topics.uris.as_str(),
+            message.partition(),
+            message.offset() + 1,
+        );
+        out.send_and_commit(&records, Some(at)).await
     }
 
     /// Settles the pending blob, if any (see the module docs): waits for its sends, commits
@@ -602,17 +593,8 @@ async fn report_rejections(
     for (reason, n) in result.rejected.iter() {
         rec = rec.with_counter(reason.as_str(), n);
     }
-    out.begin().await?;
-    let r = async {
-        out.send_all(&[rec.to_record(&shared.topics.health)])
-            .await?;
-        out.commit_plain().await
-    }
-    .await;
-    if r.is_err() {
-        out.abort().await;
-    }
-    r
+    out.send_and_commit(&[rec.to_record(&shared.topics.health)], None)
+        .await
 }
 
 impl Session {
@@ -632,17 +614,8 @@ impl Session {
         .with_counter("blobs_dead", s.blobs_dead.get())
         .with_counter("records_out", s.records_out_total())
         .with_counter("records_deduplicated", s.records_deduplicated.get());
-        out.begin().await?;
-        let r = async {
-            out.send_all(&[rec.to_record(&shared.topics.health)])
-                .await?;
-            out.commit_plain().await
-        }
-        .await;
-        if r.is_err() {
-            out.abort().await;
-        }
-        r
+        out.send_and_commit(&[rec.to_record(&shared.topics.health)], None)
+            .await
     }
 
     /// Settles the pending blob, writes a snapshot of every filter with news, then a stop
