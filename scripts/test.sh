@@ -4,7 +4,7 @@
 # test of the workspace against it and against the embedded broker.
 #
 #   scripts/test.sh            # everything
-#   scripts/test.sh -p m365-producer   # extra arguments go to `cargo nextest run`
+#   scripts/test.sh dedup      # extra arguments go to `cargo nextest run --workspace`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
